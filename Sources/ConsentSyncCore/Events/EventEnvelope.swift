@@ -1,0 +1,67 @@
+import Foundation
+
+/// Builds the webhook body: a CloudEvents 1.0 event in structured JSON mode.
+public struct EventEnvelope: Sendable {
+    public static let contentType = "application/cloudevents+json"
+
+    /// The CloudEvents `source` attribute, the same for every event of one installation.
+    public var source: String
+
+    public init(source: String) {
+        self.source = source
+    }
+
+    /// The JSON body for a change. The same bytes go to every subscriber.
+    public func body(for change: ConsentChange) -> [UInt8] {
+        var json = JSONWriter()
+        json.beginObject()
+        json.field("specversion", "1.0")
+        json.field("id", change.eventID)
+        json.field("source", source)
+        json.field("type", change.eventType)
+        json.field("subject", change.subject)
+        json.field("time", Self.timestamp(change.changedAt))
+        json.field("datacontenttype", "application/json")
+        json.field("sequence", change.sequence)
+        json.field("partitionkey", change.subject)
+        json.key("data")
+        json.beginObject()
+        json.field("subject", change.subject)
+        json.field("purpose", change.purpose)
+        json.field("status", change.status)
+        json.field("previous_status", change.previousStatus)
+        json.field("source", change.source)
+        json.field("changed_at", Self.timestamp(change.changedAt))
+        json.field("sequence", change.sequence)
+        json.field("operation", change.operation.rawValue)
+        json.field("table", change.table)
+        if let attributes = change.attributesJSON {
+            json.field("attributes", rawJSON: attributes)
+        }
+        json.endObject()
+        json.endObject()
+        return json.bytes
+    }
+
+    /// RFC 3339 in UTC with microseconds, as PostgreSQL keeps them.
+    public static func timestamp(_ date: Date) -> String {
+        let totalMicros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
+        let seconds = Int(totalMicros.floorDiv(1_000_000))
+        let micros = Int(totalMicros - Int64(seconds) * 1_000_000)
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+        func pad(_ value: Int?, _ width: Int) -> String {
+            let text = String(value ?? 0)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.year, 4))-\(pad(parts.month, 2))-\(pad(parts.day, 2))T\(pad(parts.hour, 2)):\(pad(parts.minute, 2)):\(pad(parts.second, 2)).\(pad(micros, 6))Z"
+    }
+}
+
+extension Int64 {
+    fileprivate func floorDiv(_ divisor: Int64) -> Int64 {
+        let quotient = self / divisor
+        return (self % divisor != 0 && (self < 0) != (divisor < 0)) ? quotient - 1 : quotient
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+
+/// A downstream system that receives consent changes as webhooks.
+public struct Subscriber: Sendable, Equatable {
+    /// Per-subscriber limits, so that one slow receiver never holds up another.
+    public struct Limits: Sendable, Equatable {
+        /// Requests in flight at once from one daemon.
+        public var maxInFlight: Int
+        /// Total time allowed for one request.
+        public var timeout: Duration
+
+        public init(maxInFlight: Int = 16, timeout: Duration = .seconds(10)) {
+            self.maxInFlight = maxInFlight
+            self.timeout = timeout
+        }
+    }
+
+    public var id: Int64
+    public var name: String
+    public var url: String
+    public var secrets: [SigningSecret]
+    /// Only changes of these purposes; `nil` for all.
+    public var purposes: [String]?
+    /// Only these event types (`consent.withdrawn`, …); `nil` for all.
+    public var eventTypes: [String]?
+    public var enabled: Bool
+    public var limits: Limits
+
+    public init(
+        id: Int64,
+        name: String,
+        url: String,
+        secrets: [SigningSecret],
+        purposes: [String]? = nil,
+        eventTypes: [String]? = nil,
+        enabled: Bool = true,
+        limits: Limits = Limits()
+    ) {
+        self.id = id
+        self.name = name
+        self.url = url
+        self.secrets = secrets
+        self.purposes = purposes
+        self.eventTypes = eventTypes
+        self.enabled = enabled
+        self.limits = limits
+    }
+}
+
+/// Checks of what a user types when registering a subscriber.
+public enum SubscriberValidation {
+    public static let eventTypes = ["consent.granted", "consent.denied", "consent.withdrawn", "consent.deleted"]
+
+    /// Lower-case letters, digits, `.`, `_`, `-`; 1 to 63 characters, starting with a letter or digit.
+    public static func validateName(_ name: String) throws(SubscriberValidationError) {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789._-")
+        guard let first = name.first, first.isLetter || first.isNumber,
+              name.count <= 63, name.allSatisfy({ allowed.contains($0) })
+        else {
+            throw SubscriberValidationError(field: "name", reason: "'\(name.prefix(80))' is not a valid name: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit")
+        }
+    }
+
+    /// An absolute `http`/`https` URL with a host, without credentials, at most 2048 bytes.
+    public static func validateURL(_ text: String) throws(SubscriberValidationError) {
+        func fail(_ reason: String) -> SubscriberValidationError {
+            SubscriberValidationError(field: "url", reason: reason)
+        }
+        guard text.utf8.count <= 2048 else { throw fail("is longer than 2048 bytes") }
+        guard !text.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false }) else {
+            throw fail("contains white space or control characters")
+        }
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
+            throw fail("'\(text.prefix(200))' is not an absolute URL")
+        }
+        guard scheme == "https" || scheme == "http" else {
+            throw fail("scheme '\(scheme)' is not allowed; use https (or http)")
+        }
+        guard let host = components.host, !host.isEmpty else { throw fail("has no host") }
+        guard components.user == nil, components.password == nil else {
+            throw fail("must not carry credentials; receivers authenticate consent-sync by its signature")
+        }
+        guard components.fragment == nil else { throw fail("must not have a #fragment") }
+    }
+
+    public static func validateEventTypes(_ types: [String]) throws(SubscriberValidationError) {
+        for type in types where !eventTypes.contains(type) {
+            throw SubscriberValidationError(field: "event-type", reason: "'\(type.prefix(80))' is not an event type; use one of \(eventTypes.joined(separator: ", "))")
+        }
+    }
+
+    public static func validatePurposes(_ purposes: [String]) throws(SubscriberValidationError) {
+        for purpose in purposes where purpose.isEmpty || purpose.count > 200 {
+            throw SubscriberValidationError(field: "purpose", reason: "a purpose must be 1 to 200 characters")
+        }
+    }
+}
+
+public struct SubscriberValidationError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var field: String
+    public var reason: String
+    public init(field: String, reason: String) {
+        self.field = field
+        self.reason = reason
+    }
+
+    public var description: String { "invalid subscriber \(field): \(reason)" }
+}

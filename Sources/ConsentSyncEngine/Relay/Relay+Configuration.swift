@@ -1,0 +1,29 @@
+import ConsentSyncCore
+
+extension Relay {
+    /// How the relay paces itself. Every value has a default that suits production.
+    public struct Configuration: Sendable {
+        /// Safety net: look for work this often even without a notification.
+        public var pollInterval: Duration = .seconds(2)
+        /// Outbox rows turned into deliveries per transaction.
+        public var fanOutBatchSize: Int = 1000
+        /// Deliveries claimed per subscriber per round.
+        public var claimBatchSize: Int = 100
+        /// Requests in flight at once from this instance, over all subscribers.
+        public var maxInFlight: Int = 512
+        public var retry: RetryPolicy = RetryPolicy()
+        /// A claim's lease is the subscriber's timeout plus this margin.
+        public var leaseMargin: Duration = .seconds(30)
+        /// How often expired leases of dead instances are taken back.
+        public var janitorInterval: Duration = .seconds(5)
+        /// After a shutdown request, how long requests in flight may take to finish.
+        public var drainTimeout: Duration = .seconds(10)
+        /// The CloudEvents `source`; by default `urn:consent-sync:<installation id>`.
+        public var eventSource: String?
+        /// How much of a receiver's answer is kept in the attempt log.
+        public var responseExcerptBytes: Int = 1024
+        public var userAgent: String = ConsentSyncVersion.userAgent
+
+        public init() {}
+    }
+}

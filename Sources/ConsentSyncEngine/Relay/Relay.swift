@@ -1,0 +1,305 @@
+import ConsentSyncCore
+import ConsentSyncHTTP
+import ConsentSyncPostgres
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// The daemon's pipeline as one service: wakes on NOTIFY (or the poll interval), fans new
+/// outbox rows out into deliveries, claims due deliveries and sends them, and writes back
+/// each result.
+///
+/// One database connection runs the pipeline's statements in turn; requests run
+/// concurrently, bounded per subscriber and in all, each in its own child task.
+public final class Relay: Service {
+    public let configuration: Configuration
+    private let database: PostgresConfiguration
+    private let http: HTTPClient
+    private let logger: Logger
+    /// This process's identity in leases.
+    public let instanceID = UUID()
+    private let doorbell = Doorbell()
+    private let finished = Mutex<[AttemptRecord]>([])
+    private let stopping = Atomic<Bool>(false)
+
+    public init(configuration: Configuration, database: PostgresConfiguration, http: HTTPClient, logger: Logger) {
+        self.configuration = configuration
+        self.database = database.with("application_name", "consent-sync relay")
+        self.http = http
+        var logger = logger
+        logger[metadataKey: "instance"] = "\(instanceID.uuidString.prefix(8))"
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { await self.watch() }
+                group.addTask { await self.janitor() }
+                try await self.pipeline()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.stopping.store(true, ordering: .relaxed)
+            self.doorbell.ring()
+        }
+    }
+
+    // MARK: - Wake-ups
+
+    /// Rings the doorbell on every notification, and after a reconnect (anything could have
+    /// been missed while the listener was away).
+    private func watch() async {
+        let listener = PostgresListener(
+            configuration: database.with("application_name", "consent-sync listener"),
+            channels: ["consent_sync"],
+            logger: logger
+        )
+        for await event in listener.events() {
+            switch event {
+            case .notification:
+                doorbell.ring()
+            case .listening(let reconnected):
+                if reconnected { logger.info("listener reconnected; catching up") }
+                doorbell.ring()
+            case .disconnected(let reason):
+                logger.warning("listener lost its connection; polling until it is back", metadata: ["reason": "\(reason)"])
+            }
+        }
+    }
+
+    private func janitor() async {
+        var connection: PostgresConnection?
+        while !Task.isCancelled {
+            do {
+                let live: PostgresConnection
+                if let connection { live = connection } else {
+                    live = try await PostgresConnection.connect(database.with("application_name", "consent-sync janitor"), logger: logger)
+                    connection = live
+                }
+                let expired = try await DeliveryStore.expireLeases(on: live)
+                if expired > 0 {
+                    logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
+                    doorbell.ring()
+                }
+            } catch {
+                if !Task.isCancelled { logger.warning("janitor failed", metadata: ["error": "\(error)"]) }
+                await connection?.close()
+                connection = nil
+            }
+            try? await Task.sleep(for: configuration.janitorInterval)
+        }
+        await connection?.close()
+    }
+
+    // MARK: - Pipeline
+
+    private func pipeline() async throws {
+        var state = DispatchState(maxInFlight: configuration.maxInFlight)
+        var connection: PostgresConnection?
+        var failures = 0
+        var subscribers: [Int64: Subscriber] = [:]
+        var subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
+        var installationID = ""
+
+        await withDiscardingTaskGroup { requests in
+            while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
+                do {
+                    let db: PostgresConnection
+                    if let connection { db = connection } else {
+                        db = try await PostgresConnection.connect(database, logger: logger)
+                        try await Migrator.requireCurrent(db)
+                        installationID = try await DeliveryStore.installationID(on: db)
+                        connection = db
+                        logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
+                    }
+
+                    try await recordFinished(&state, on: db)
+
+                    if ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
+                        subscribers = Dictionary(uniqueKeysWithValues: try await SubscriberStore.all(on: db).map { ($0.id, $0) })
+                        subscribersLoadedAt = .now
+                    }
+
+                    while try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes == configuration.fanOutBatchSize {}
+
+                    let budgets = state.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
+                    var claimed: [ClaimedDelivery] = []
+                    if !budgets.isEmpty {
+                        let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
+                        claimed = try await DeliveryStore.claim(owner: instanceID, budgets: budgets, lease: lease, on: db)
+                    }
+                    var bodies: [Int64: [UInt8]] = [:]
+                    let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
+                    for delivery in claimed {
+                        guard let subscriber = subscribers[delivery.subscriberID] else {
+                            // Added since the last refresh: fetch it next round; give the claim back now.
+                            try await DeliveryStore.releaseLeases(owner: instanceID, ids: [delivery.id], on: db)
+                            subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
+                            continue
+                        }
+                        let body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
+                        bodies[delivery.change.id] = body
+                        state.started(delivery)
+                        let webhookID = "msg_\(installationID.prefix(8))_\(delivery.id)"
+                        requests.addTask {
+                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, body: body)
+                            self.finished.withLock { $0.append(record) }
+                            self.doorbell.ring()
+                        }
+                    }
+                    failures = 0
+                    if claimed.isEmpty && finished.withLock({ $0.isEmpty }) {
+                        await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
+                    }
+                } catch {
+                    if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
+                    failures += 1
+                    let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
+                    logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
+                    if (error as? PostgresError)?.isConnectionError ?? true {
+                        await connection?.close()
+                        connection = nil
+                    }
+                    try? await Task.sleep(for: delay)
+                }
+            }
+
+            // Draining: no new claims; let requests in flight finish for a while.
+            let deadline = ContinuousClock.now + configuration.drainTimeout
+            while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
+                await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
+            }
+            requests.cancelAll()
+        }
+
+        // Every request has ended (finished, or cut short and recorded as interrupted).
+        // Write the last results even when this task was cancelled: a task of its own is not.
+        let leftover = connection
+        let finalState = state
+        await Task {
+            var state = finalState
+            do {
+                let db: PostgresConnection
+                if let leftover, leftover.isConnected { db = leftover } else { db = try await PostgresConnection.connect(database, logger: logger) }
+                try await recordFinished(&state, on: db)
+                await db.close()
+            } catch {
+                logger.error("could not record the last results; their leases will expire and they will be sent again", metadata: ["error": "\(error)"])
+            }
+            await leftover?.close()
+        }.value
+        logger.info("relay stopped")
+    }
+
+    private func recordFinished(_ state: inout DispatchState, on db: PostgresConnection) async throws {
+        let records = finished.withLock { records in
+            defer { records.removeAll(keepingCapacity: true) }
+            return records
+        }
+        guard !records.isEmpty else { return }
+        do {
+            let applied = try await DeliveryStore.record(records, owner: instanceID, on: db)
+            for record in records {
+                state.finished(record)
+                if !applied.contains(record.deliveryID) {
+                    logger.warning("result not applied: the lease was lost meanwhile", metadata: ["delivery": "\(record.deliveryID)"])
+                }
+            }
+        } catch {
+            // Keep them for the next try; nothing is lost while the process lives.
+            finished.withLock { $0.insert(contentsOf: records, at: 0) }
+            throw error
+        }
+    }
+
+    // MARK: - Sending
+
+    private func send(_ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, body: [UInt8]) async -> AttemptRecord {
+        let startedAt = Date()
+        let clock = ContinuousClock.now
+        let message = WebhookMessage(
+            id: webhookID,
+            timestamp: Int64(startedAt.timeIntervalSince1970),
+            body: body,
+            secrets: subscriber.secrets,
+            userAgent: configuration.userAgent
+        )
+        let request = HTTPRequest(
+            url: subscriber.url,
+            method: "POST",
+            headers: message.headers,
+            body: message.body,
+            timeout: subscriber.limits.timeout,
+            connectTimeout: min(subscriber.limits.timeout, .seconds(10)),
+            maxResponseBytes: configuration.responseExcerptBytes
+        )
+        var metadata: Logger.Metadata = [
+            "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
+            "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
+        ]
+
+        let outcome: AttemptOutcome
+        var status: Int?
+        var excerpt: String?
+        var errorText: String?
+        do {
+            let response = try await http.send(request)
+            status = response.status
+            excerpt = String(decoding: response.body, as: UTF8.self)
+            outcome = .response(status: response.status, retryAfter: response.header("retry-after"))
+        } catch let error as HTTPClientError {
+            if error.code == .cancelled || error.code == .shutdown {
+                return interrupted(delivery, startedAt: startedAt, since: clock)
+            }
+            errorText = error.description
+            outcome = .transportError(message: error.description, retryable: error.isRetryable)
+        } catch {
+            return interrupted(delivery, startedAt: startedAt, since: clock)
+        }
+        let duration = ContinuousClock.now - clock
+
+        let decision = configuration.retry.decide(outcome, attempt: delivery.attempt, age: delivery.age + duration)
+        metadata["duration_ms"] = "\(duration.milliseconds)"
+        if let status { metadata["status"] = "\(status)" }
+        let record: AttemptRecord
+        switch decision {
+        case .delivered:
+            logger.debug("delivered", metadata: metadata)
+            record = .init(delivery, verdict: .delivered, status: status, error: nil, excerpt: excerpt, startedAt: startedAt, duration: duration)
+        case .retry(let after):
+            metadata["retry_in_ms"] = "\(after.milliseconds)"
+            if let errorText { metadata["error"] = "\(errorText)" }
+            logger.info("delivery failed; will retry", metadata: metadata)
+            record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration)
+        case .dead(let reason):
+            metadata["reason"] = "\(reason)"
+            logger.warning("delivery dead", metadata: metadata)
+            record = .init(delivery, verdict: .dead, status: status, error: errorText ?? reason, excerpt: excerpt, startedAt: startedAt, duration: duration)
+        }
+        return record
+    }
+
+    /// A request cut short by shutdown: back to pending at once, the attempt logged.
+    private func interrupted(_ delivery: ClaimedDelivery, startedAt: Date, since clock: ContinuousClock.Instant) -> AttemptRecord {
+        .init(delivery, verdict: .retry, status: nil, error: "interrupted by shutdown", excerpt: nil, startedAt: startedAt, duration: ContinuousClock.now - clock)
+    }
+}
+
+extension AttemptRecord {
+    init(_ delivery: ClaimedDelivery, verdict: Verdict, retryIn: Duration = .zero, status: Int?, error: String?, excerpt: String?, startedAt: Date, duration: Duration) {
+        self.init(
+            deliveryID: delivery.id,
+            subscriberID: delivery.subscriberID,
+            attempt: delivery.attempt,
+            verdict: verdict,
+            retryIn: retryIn,
+            status: status,
+            error: error,
+            responseExcerpt: excerpt,
+            startedAt: startedAt,
+            duration: duration
+        )
+    }
+}

@@ -1,0 +1,264 @@
+import ConsentSyncCore
+import ConsentSyncPostgres
+import Foundation
+
+/// A delivery claimed by this instance, with the change it carries.
+struct ClaimedDelivery: Sendable {
+    var id: Int64
+    var subscriberID: Int64
+    /// The number of this attempt (1 for the first).
+    var attempt: Int
+    /// How long ago the delivery was created.
+    var age: Duration
+    var change: ConsentChange
+}
+
+/// The result of one attempt, to be written back.
+struct AttemptRecord: Sendable {
+    enum Verdict: String, Sendable {
+        case delivered
+        case retry
+        case dead
+    }
+
+    var deliveryID: Int64
+    var subscriberID: Int64
+    var attempt: Int
+    var verdict: Verdict
+    var retryIn: Duration
+    var status: Int?
+    var error: String?
+    var responseExcerpt: String?
+    var startedAt: Date
+    var duration: Duration
+}
+
+/// The SQL of the pipeline: fan-out, claim, record, lease expiry.
+///
+/// Fan-out and recording of finished deliveries are serialised against each other by an
+/// advisory lock (exclusive for fan-out, shared for recording), so that a new delivery is
+/// never parked behind one that finished in a transaction it could not yet see.
+enum DeliveryStore {
+    static let fanOutLockKey: Int64 = 0x636F_6E73_656E_7402
+
+    /// Turns up to `limit` outbox rows not yet fanned out into deliveries.
+    /// - Returns: how many changes were taken (less than `limit` means the outbox is drained).
+    static func fanOut(limit: Int, on connection: PostgresConnection) async throws -> (changes: Int, deliveries: Int) {
+        try await connection.withTransaction { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)])
+            let rows = try await connection.query(
+                """
+                WITH batch AS (
+                    SELECT id, subject, purpose, event_type FROM consent_sync.changes
+                    WHERE NOT fanned_out ORDER BY id LIMIT $1::integer
+                ), marked AS (
+                    UPDATE consent_sync.changes c SET fanned_out = true FROM batch WHERE c.id = batch.id
+                ), pairs AS (
+                    SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
+                           row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
+                    FROM batch b JOIN consent_sync.subscribers s
+                      ON (s.purposes IS NULL OR b.purpose = ANY (s.purposes))
+                     AND (s.event_types IS NULL OR b.event_type = ANY (s.event_types))
+                ), inserted AS (
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, next_attempt_at)
+                    SELECT p.change_id, p.subscriber_id, p.subject,
+                           CASE WHEN p.position > 1 OR EXISTS (
+                                    SELECT 1 FROM consent_sync.deliveries d
+                                    WHERE d.subscriber_id = p.subscriber_id AND d.subject = p.subject
+                                      AND d.state IN ('pending', 'in_flight') AND d.change_id < p.change_id)
+                                THEN 'infinity'::timestamptz ELSE now() END
+                    FROM pairs p ORDER BY p.change_id, p.subscriber_id
+                    ON CONFLICT (change_id, subscriber_id) DO NOTHING
+                    RETURNING 1
+                )
+                SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries
+                """,
+                [String(limit)]
+            )
+            let row = try rows.first.orThrow("fan-out returned no row")
+            return (try row.int("changes"), try row.int("deliveries"))
+        }
+    }
+
+    /// Claims due deliveries, at most `budget` per subscriber, the earliest change of each
+    /// subject first, and leases them to `owner`.
+    static func claim(
+        owner: UUID,
+        budgets: [(subscriberID: Int64, count: Int)],
+        lease: Duration,
+        on connection: PostgresConnection
+    ) async throws -> [ClaimedDelivery] {
+        let rows = try await connection.query(
+            """
+            WITH budget AS (
+                SELECT * FROM unnest($2::bigint[], $3::integer[]) AS b(subscriber_id, n)
+            ), picked AS (
+                SELECT d.id FROM budget b CROSS JOIN LATERAL (
+                    SELECT d.id FROM consent_sync.deliveries d
+                    WHERE d.subscriber_id = b.subscriber_id AND d.state = 'pending' AND d.next_attempt_at <= now()
+                      AND NOT EXISTS (
+                          SELECT 1 FROM consent_sync.deliveries e
+                          WHERE e.subscriber_id = d.subscriber_id AND e.subject = d.subject
+                            AND e.state IN ('pending', 'in_flight') AND e.change_id < d.change_id)
+                    ORDER BY d.next_attempt_at
+                    LIMIT b.n
+                    FOR UPDATE SKIP LOCKED
+                ) d
+            ), claimed AS (
+                UPDATE consent_sync.deliveries d
+                SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid,
+                    lease_expires_at = now() + make_interval(secs => $4::double precision)
+                FROM picked WHERE d.id = picked.id
+                RETURNING d.id, d.change_id, d.subscriber_id, d.attempts, d.created_at
+            )
+            SELECT cl.id, cl.subscriber_id, cl.attempts,
+                   extract(epoch FROM now() - cl.created_at)::double precision AS age,
+                   c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
+                   c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
+                   c.attributes::text AS attributes
+            FROM claimed cl JOIN consent_sync.changes c ON c.id = cl.change_id
+            ORDER BY c.id
+            """,
+            [
+                owner.uuidString,
+                postgresArray(budgets.map { String($0.subscriberID) }),
+                postgresArray(budgets.map { String($0.count) }),
+                String(lease.seconds),
+            ]
+        )
+        return try rows.map { row in
+            let operation = try row.string("operation")
+            return ClaimedDelivery(
+                id: try row.int64("id"),
+                subscriberID: try row.int64("subscriber_id"),
+                attempt: try row.int("attempts"),
+                age: .milliseconds(Int64(try row.double("age") * 1000)),
+                change: ConsentChange(
+                    id: try row.int64("change_id"),
+                    eventID: try row.string("event_id"),
+                    table: try row.string("table_name"),
+                    operation: try ConsentChange.Operation(rawValue: operation).orThrow("unknown operation '\(operation)'"),
+                    eventType: try row.string("event_type"),
+                    subject: try row.string("subject"),
+                    purpose: try row.string("purpose"),
+                    status: row.optionalString("status"),
+                    previousStatus: row.optionalString("previous_status"),
+                    source: row.optionalString("source"),
+                    changedAt: Date(timeIntervalSince1970: try row.double("changed_at")),
+                    attributesJSON: row.optionalString("attributes")
+                )
+            )
+        }
+    }
+
+    /// Writes back finished attempts. A result is applied only while this instance still
+    /// holds the lease for that attempt (fencing); the attempt is logged either way.
+    /// - Returns: the ids whose result was applied.
+    @discardableResult
+    static func record(_ records: [AttemptRecord], owner: UUID, on connection: PostgresConnection) async throws -> Set<Int64> {
+        guard !records.isEmpty else { return [] }
+        return try await connection.withTransaction { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)])
+            let rows = try await connection.query(
+                """
+                WITH input AS (
+                    SELECT * FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::double precision[],
+                                         $6::integer[], $7::text[], $8::text[], $9::double precision[], $10::double precision[])
+                        AS i(id, attempt, verdict, retry_in, status, error, excerpt, started_at, duration_ms)
+                ), updated AS (
+                    UPDATE consent_sync.deliveries d SET
+                        state = CASE i.verdict WHEN 'retry' THEN 'pending' ELSE i.verdict END,
+                        next_attempt_at = CASE WHEN i.verdict = 'retry'
+                                               THEN now() + make_interval(secs => i.retry_in) ELSE d.next_attempt_at END,
+                        lease_owner = NULL, lease_expires_at = NULL,
+                        last_status = i.status, last_error = i.error,
+                        completed_at = CASE WHEN i.verdict IN ('delivered', 'dead') THEN now() END
+                    FROM input i
+                    WHERE d.id = i.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
+                    RETURNING d.id, d.subscriber_id, d.subject, d.state
+                ), logged AS (
+                    INSERT INTO consent_sync.attempts
+                        (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, instance_id)
+                    SELECT i.id, i.attempt, to_timestamp(i.started_at), i.duration_ms, i.status, i.error, i.excerpt, $1::uuid
+                    FROM input i
+                ), unparked AS (
+                    UPDATE consent_sync.deliveries p SET next_attempt_at = now()
+                    WHERE p.id IN (
+                        SELECT (SELECT q.id FROM consent_sync.deliveries q
+                                WHERE q.subscriber_id = u.subscriber_id AND q.subject = u.subject
+                                  AND q.state = 'pending' AND q.next_attempt_at = 'infinity'
+                                ORDER BY q.change_id LIMIT 1)
+                        FROM updated u WHERE u.state IN ('delivered', 'dead'))
+                )
+                SELECT id FROM updated
+                """,
+                [
+                    owner.uuidString,
+                    postgresArray(records.map { String($0.deliveryID) }),
+                    postgresArray(records.map { String($0.attempt) }),
+                    postgresArray(records.map { $0.verdict.rawValue }),
+                    postgresArray(records.map { String($0.retryIn.seconds) }),
+                    postgresArrayOfOptionals(records.map { $0.status.map(String.init) }),
+                    postgresArrayOfOptionals(records.map { $0.error }),
+                    postgresArrayOfOptionals(records.map { $0.responseExcerpt }),
+                    postgresArray(records.map { String($0.startedAt.timeIntervalSince1970) }),
+                    postgresArray(records.map { String($0.duration.seconds * 1000) }),
+                ]
+            )
+            return Set(try rows.map { try $0.int64("id") })
+        }
+    }
+
+    /// Returns deliveries whose lease ran out (their instance died or lost the database)
+    /// to `pending`, logging the lost attempt.
+    /// - Returns: how many were taken back.
+    static func expireLeases(limit: Int = 1000, on connection: PostgresConnection) async throws -> Int {
+        let rows = try await connection.query(
+            """
+            WITH expired AS (
+                UPDATE consent_sync.deliveries SET state = 'pending', next_attempt_at = now(),
+                       lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'
+                WHERE id IN (SELECT id FROM consent_sync.deliveries
+                             WHERE state = 'in_flight' AND lease_expires_at < now()
+                             ORDER BY lease_expires_at LIMIT $1::integer FOR UPDATE SKIP LOCKED)
+                RETURNING id, attempts, lease_expires_at
+            ), logged AS (
+                INSERT INTO consent_sync.attempts (delivery_id, attempt, started_at, error)
+                SELECT id, attempts, now(), 'lease expired before a result was recorded (the instance stopped or lost its database connection)'
+                FROM expired
+            )
+            SELECT count(*) AS n FROM expired
+            """,
+            [String(limit)]
+        )
+        return try rows.first?.int("n") ?? 0
+    }
+
+    /// Gives back leases this instance holds but will not finish (shutdown).
+    static func releaseLeases(owner: UUID, ids: [Int64], on connection: PostgresConnection) async throws {
+        guard !ids.isEmpty else { return }
+        try await connection.query(
+            """
+            UPDATE consent_sync.deliveries SET state = 'pending', next_attempt_at = now(), lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = ANY ($2::bigint[]) AND state = 'in_flight' AND lease_owner = $1::uuid
+            """,
+            [owner.uuidString, postgresArray(ids.map(String.init))]
+        )
+    }
+
+    static func installationID(on connection: PostgresConnection) async throws -> String {
+        let rows = try await connection.query("SELECT value FROM consent_sync.meta WHERE key = 'installation_id'")
+        return try rows.first.orThrow("consent_sync.meta has no installation_id; run 'consent-sync migrate'").string("value")
+    }
+}
+
+struct MissingValueError: Error, CustomStringConvertible {
+    var description: String
+}
+
+extension Optional {
+    func orThrow(_ message: @autoclosure () -> String) throws -> Wrapped {
+        guard let value = self else { throw MissingValueError(description: message()) }
+        return value
+    }
+}

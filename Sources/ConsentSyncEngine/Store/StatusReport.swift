@@ -1,0 +1,80 @@
+import ConsentSyncPostgres
+import Foundation
+
+/// Per-subscriber counts of deliveries, for `consent-sync status`.
+public struct StatusReport: Sendable, Codable {
+    public struct Line: Sendable, Codable {
+        public var subscriber: String
+        public var enabled: Bool
+        public var pending: Int
+        public var inFlight: Int
+        public var delivered: Int
+        public var dead: Int
+        /// Seconds since the oldest undelivered change to this subscriber was captured.
+        public var oldestPendingSeconds: Double?
+    }
+
+    /// Captured changes not yet turned into deliveries (normally near zero while a daemon runs).
+    public var changesNotFannedOut: Int
+    public var subscribers: [Line]
+
+    public static func load(on connection: PostgresConnection) async throws -> StatusReport {
+        let rows = try await connection.query(
+            """
+            SELECT s.name, s.enabled,
+                   count(d.id) FILTER (WHERE d.state = 'pending') AS pending,
+                   count(d.id) FILTER (WHERE d.state = 'in_flight') AS in_flight,
+                   count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered,
+                   count(d.id) FILTER (WHERE d.state = 'dead') AS dead,
+                   extract(epoch FROM now() - min(c.changed_at) FILTER (WHERE d.state IN ('pending', 'in_flight')))::double precision AS oldest
+            FROM consent_sync.subscribers s
+            LEFT JOIN consent_sync.deliveries d ON d.subscriber_id = s.id
+            LEFT JOIN consent_sync.changes c ON c.id = d.change_id AND d.state IN ('pending', 'in_flight')
+            GROUP BY s.id ORDER BY s.name
+            """
+        )
+        let backlog = try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE NOT fanned_out")
+        return StatusReport(
+            changesNotFannedOut: try backlog.first?.int("n") ?? 0,
+            subscribers: try rows.map { row in
+                Line(
+                    subscriber: try row.string("name"),
+                    enabled: try row.bool("enabled"),
+                    pending: try row.int("pending"),
+                    inFlight: try row.int("in_flight"),
+                    delivered: try row.int("delivered"),
+                    dead: try row.int("dead"),
+                    oldestPendingSeconds: row.optionalString("oldest").flatMap(Double.init)
+                )
+            }
+        )
+    }
+
+    public func table() -> String {
+        let rows = subscribers.map { line in
+            [
+                line.subscriber, line.enabled ? "enabled" : "disabled",
+                String(line.pending), String(line.inFlight), String(line.delivered), String(line.dead),
+                line.oldestPendingSeconds.map { Self.age($0) } ?? "-",
+            ]
+        }
+        let table = TextTable.render(header: ["SUBSCRIBER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "OLDEST PENDING"], rows: rows)
+        return table + "\nchanges waiting for fan-out: \(changesNotFannedOut)"
+    }
+
+    public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "{}"
+    }
+
+    static func age(_ seconds: Double) -> String {
+        switch seconds {
+        case ..<1: String(format: "%.0fms", seconds * 1000)
+        case ..<120: String(format: "%.1fs", seconds)
+        case ..<7200: String(format: "%.0fm", seconds / 60)
+        default: String(format: "%.1fh", seconds / 3600)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import ConsentSyncCore
+import ConsentSyncPostgres
+import Foundation
+
+/// Reads and writes `consent_sync.subscribers`.
+public enum SubscriberStore {
+    /// What `subscriber add` takes.
+    public struct NewSubscriber: Sendable {
+        public var name: String
+        public var url: String
+        public var secret: SigningSecret
+        public var purposes: [String]?
+        public var eventTypes: [String]?
+        public var limits: Subscriber.Limits
+
+        public init(name: String, url: String, secret: SigningSecret, purposes: [String]? = nil, eventTypes: [String]? = nil, limits: Subscriber.Limits = .init()) {
+            self.name = name
+            self.url = url
+            self.secret = secret
+            self.purposes = purposes
+            self.eventTypes = eventTypes
+            self.limits = limits
+        }
+
+        /// Checks every field; throws the first problem found.
+        public func validate() throws(SubscriberValidationError) {
+            try SubscriberValidation.validateName(name)
+            try SubscriberValidation.validateURL(url)
+            if let purposes { try SubscriberValidation.validatePurposes(purposes) }
+            if let eventTypes { try SubscriberValidation.validateEventTypes(eventTypes) }
+            guard (1...10_000).contains(limits.maxInFlight) else {
+                throw SubscriberValidationError(field: "max-in-flight", reason: "must be between 1 and 10000")
+            }
+            guard limits.timeout >= .milliseconds(1), limits.timeout <= .seconds(3600) else {
+                throw SubscriberValidationError(field: "timeout", reason: "must be between 1 ms and 1 hour")
+            }
+        }
+    }
+
+    @discardableResult
+    public static func add(_ new: NewSubscriber, on connection: PostgresConnection) async throws -> Int64 {
+        try new.validate()
+        do {
+            let rows = try await connection.query(
+                """
+                INSERT INTO consent_sync.subscribers (name, url, secrets, purposes, event_types, max_in_flight, timeout_ms)
+                VALUES ($1, $2, ARRAY[$3], $4::text[], $5::text[], $6::integer, $7::integer)
+                RETURNING id
+                """,
+                [
+                    new.name, new.url, new.secret.encoded,
+                    new.purposes.map(postgresArray), new.eventTypes.map(postgresArray),
+                    String(new.limits.maxInFlight), String(new.limits.timeout.milliseconds),
+                ]
+            )
+            return try rows.first.map { try $0.int64("id") } ?? 0
+        } catch let error as PostgresError where error.sqlState == "23505" {
+            throw SubscriberValidationError(field: "name", reason: "a subscriber named '\(new.name)' already exists")
+        }
+    }
+
+    /// All subscribers, with their secrets (for the relay; never print these).
+    public static func all(on connection: PostgresConnection) async throws -> [Subscriber] {
+        let rows = try await connection.query(
+            """
+            SELECT id, name, url, array_to_json(secrets)::text AS secrets,
+                   array_to_json(purposes)::text AS purposes, array_to_json(event_types)::text AS event_types,
+                   enabled, max_in_flight, timeout_ms
+            FROM consent_sync.subscribers ORDER BY name
+            """
+        )
+        return try rows.map { row in
+            let name = try row.string("name")
+            let secrets = try decodeArray(row.optionalString("secrets")) ?? []
+            let parsed: [SigningSecret]
+            do {
+                parsed = try secrets.map { try SigningSecret(parsing: $0) }
+            } catch let error as SigningSecretError {
+                throw SubscriberValidationError(field: "secrets", reason: "subscriber '\(name)' has an unreadable signing secret in the database: \(error.reason)")
+            }
+            return Subscriber(
+                id: try row.int64("id"),
+                name: name,
+                url: try row.string("url"),
+                secrets: parsed,
+                purposes: try decodeArray(row.optionalString("purposes")),
+                eventTypes: try decodeArray(row.optionalString("event_types")),
+                enabled: try row.bool("enabled"),
+                limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms")))
+            )
+        }
+    }
+
+    /// Removes a subscriber and its deliveries. Refuses when deliveries are still
+    /// outstanding, unless `force` is set, so that nothing is dropped by accident.
+    /// - Returns: false when no such subscriber exists.
+    public static func remove(name: String, force: Bool, on connection: PostgresConnection) async throws -> Bool {
+        try await connection.withTransaction { connection in
+            let rows = try await connection.query(
+                """
+                SELECT s.id, (SELECT count(*) FROM consent_sync.deliveries d
+                              WHERE d.subscriber_id = s.id AND d.state IN ('pending', 'in_flight')) AS outstanding
+                FROM consent_sync.subscribers s WHERE s.name = $1 FOR UPDATE
+                """,
+                [name]
+            )
+            guard let row = rows.first else { return false }
+            let outstanding = try row.int("outstanding")
+            if outstanding > 0 && !force {
+                throw SubscriberValidationError(field: "name", reason: "'\(name)' still has \(outstanding) undelivered change(s); wait for them, or pass --force to drop them")
+            }
+            try await connection.query("DELETE FROM consent_sync.subscribers WHERE id = $1::bigint", [try row.string("id")])
+            return true
+        }
+    }
+
+    static func decodeArray(_ json: String?) throws -> [String]? {
+        guard let json else { return nil }
+        return try JSONDecoder().decode([String].self, from: Data(json.utf8))
+    }
+}
+
+/// A PostgreSQL array literal for a bound `text[]` (or, with a cast, any array) parameter.
+func postgresArray(_ values: [String]) -> String {
+    postgresArrayOfOptionals(values.map { Optional($0) })
+}
+
+/// Like ``postgresArray(_:)``, with `nil` as SQL NULL. NUL characters, which PostgreSQL
+/// text cannot hold, become U+FFFD.
+func postgresArrayOfOptionals(_ values: [String?]) -> String {
+    let quoted = values.map { value -> String in
+        guard let value else { return "NULL" }
+        var escaped = "\""
+        for character in value {
+            switch character {
+            case "\"", "\\": escaped.append("\\"); escaped.append(character)
+            case "\u{0}": escaped.append("\u{FFFD}")
+            default: escaped.append(character)
+            }
+        }
+        return escaped + "\""
+    }
+    return "{" + quoted.joined(separator: ",") + "}"
+}

@@ -1,0 +1,209 @@
+import CCurl
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// Owns libcurl's multi handle and the dedicated thread that drives it.
+///
+/// Other threads talk to the loop only through `shared`: they queue
+/// submissions or cancellations and call `curl_multi_wakeup`. Everything else
+/// (easy handles, callbacks, the connection cache) lives on the loop thread,
+/// so blocking libcurl work never occupies Swift's cooperative pool.
+final class CurlMultiLoop: @unchecked Sendable {
+    // @unchecked Sendable: `multi` is used only on the loop thread, except for
+    // `curl_multi_wakeup`, which libcurl documents as callable from any thread
+    // and which we call only while holding `shared`'s lock with the phase not
+    // yet `.stopped`; the loop thread sets `.stopped` under that lock before
+    // `curl_multi_cleanup`. All other stored properties are Sendable.
+    private let multi: UnsafeMutableRawPointer
+    private let shared = Mutex(Shared())
+    private let exited = DispatchGroup()
+    private let configuration: HTTPClient.Configuration
+    private let logger: Logger
+
+    private struct Shared {
+        enum Phase { case running, stopping, stopped }
+        var phase = Phase.running
+        var submissions: [PendingRequest] = []
+        var cancellations: [UInt64] = []
+    }
+
+    /// Upper bound on one `curl_multi_poll`; libcurl shortens it to its own next timeout.
+    private static let pollMilliseconds: CInt = 1000
+
+    init(configuration: HTTPClient.Configuration, logger: Logger) {
+        guard let multi = curl_multi_init() else {
+            fatalError("curl_multi_init failed: out of memory")
+        }
+        self.multi = multi
+        self.configuration = configuration
+        self.logger = logger
+        let perHost = max(1, configuration.maxConnectionsPerHost)
+        let total = max(perHost, configuration.maxTotalConnections)
+        // HTTP/2 multiplexing where the server offers it (over TLS via ALPN).
+        Self.check(ccurl_multi_setopt_long(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX), "PIPELINING", logger)
+        Self.check(ccurl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, perHost), "MAX_HOST_CONNECTIONS", logger)
+        Self.check(ccurl_multi_setopt_long(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, total), "MAX_TOTAL_CONNECTIONS", logger)
+        // The idle-connection cache: keep-alive reuse for every open connection.
+        Self.check(ccurl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, total), "MAXCONNECTS", logger)
+
+        self.exited.enter()
+        let thread = Thread { [self] in self.run() }
+        thread.name = "consent-sync-curl"
+        thread.start()
+    }
+
+    private static func check(_ code: CURLMcode, _ option: String, _ logger: Logger) {
+        if code != CURLM_OK {
+            logger.warning(
+                "libcurl rejected a multi option",
+                metadata: ["curl.option": "CURLMOPT_\(option)", "curl.error": "\(String(cString: curl_multi_strerror(code)))"]
+            )
+        }
+    }
+
+    // MARK: Any thread
+
+    /// Queues `pending` for the loop, or fails it when the loop is stopping.
+    func submit(_ pending: PendingRequest) {
+        let accepted = self.shared.withLock { shared in
+            guard shared.phase == .running else { return false }
+            shared.submissions.append(pending)
+            curl_multi_wakeup(self.multi)
+            return true
+        }
+        if !accepted {
+            pending.complete(.failure(.clientShutDown))
+        }
+    }
+
+    /// Asks the loop to drop the transfer of request `id`; its caller already got its error.
+    func cancel(_ id: UInt64) {
+        self.shared.withLock { shared in
+            guard shared.phase == .running else { return }
+            shared.cancellations.append(id)
+            curl_multi_wakeup(self.multi)
+        }
+    }
+
+    /// Fails every queued and in-flight request with `.shutdown`, and returns
+    /// once the thread has exited and the multi handle is cleaned up. Idempotent.
+    func shutdown() {
+        self.shared.withLock { shared in
+            guard shared.phase == .running else { return }
+            shared.phase = .stopping
+            curl_multi_wakeup(self.multi)
+        }
+        self.exited.wait()
+    }
+
+    // MARK: Loop thread
+
+    private func run() {
+        // Tables confined to this thread: the transfer of each attached easy handle.
+        var transfers: [UnsafeMutableRawPointer: CurlTransfer] = [:]
+        var handlesByID: [UInt64: UnsafeMutableRawPointer] = [:]
+
+        func detach(_ easy: UnsafeMutableRawPointer) -> CurlTransfer? {
+            guard let transfer = transfers.removeValue(forKey: easy) else { return nil }
+            handlesByID.removeValue(forKey: transfer.pending.id)
+            curl_multi_remove_handle(self.multi, easy)
+            return transfer
+        }
+
+        self.logger.debug("HTTP client loop started", metadata: ["curl.version": "\(String(cString: curl_version()))"])
+        while true {
+            let (submissions, cancellations, stopping) = self.shared.withLock { shared in
+                defer {
+                    shared.submissions.removeAll()
+                    shared.cancellations.removeAll()
+                }
+                return (shared.submissions, shared.cancellations, shared.phase == .stopping)
+            }
+            if stopping {
+                for pending in submissions {
+                    pending.complete(.failure(.clientShutDown))
+                }
+                break
+            }
+            for pending in submissions where pending.isWaiting {
+                do throws(HTTPClientError) {
+                    let transfer = try CurlTransfer(pending: pending, configuration: self.configuration)
+                    let code = curl_multi_add_handle(self.multi, transfer.easy)
+                    guard code == CURLM_OK else {
+                        throw HTTPClientError(
+                            code: .other,
+                            message: "curl_multi_add_handle failed: \(String(cString: curl_multi_strerror(code)))"
+                        )
+                    }
+                    transfers[transfer.easy] = transfer
+                    handlesByID[pending.id] = transfer.easy
+                } catch {
+                    self.finished(pending, .failure(error))
+                }
+            }
+            for id in cancellations {
+                if let easy = handlesByID[id], detach(easy) != nil {
+                    self.logger.debug("HTTP request cancelled", metadata: ["http.request.id": "\(id)"])
+                }
+            }
+
+            var running: CInt = 0
+            let performCode = curl_multi_perform(self.multi, &running)
+            if performCode != CURLM_OK {
+                self.logger.error(
+                    "curl_multi_perform failed",
+                    metadata: ["curl.error": "\(String(cString: curl_multi_strerror(performCode)))"]
+                )
+            }
+            var easy: UnsafeMutableRawPointer?
+            var code = CURLE_OK
+            while ccurl_multi_next_done(self.multi, &easy, &code) == 1 {
+                guard let handle = easy, let transfer = detach(handle) else { continue }
+                self.finished(transfer.pending, transfer.result(for: code))
+            }
+
+            _ = curl_multi_poll(self.multi, nil, 0, Self.pollMilliseconds, nil)
+        }
+
+        // Stopping: nothing new can be queued now, and `cancel` no longer wakes us.
+        let late = self.shared.withLock { shared in
+            shared.phase = .stopped
+            defer { shared.submissions.removeAll() }
+            return shared.submissions
+        }
+        for pending in late {
+            pending.complete(.failure(.clientShutDown))
+        }
+        for easy in Array(transfers.keys) {
+            detach(easy)?.pending.complete(.failure(.clientShutDown))
+        }
+        curl_multi_cleanup(self.multi)
+        self.logger.debug("HTTP client loop stopped")
+        self.exited.leave()
+    }
+
+    private func finished(_ pending: PendingRequest, _ result: Result<HTTPResponse, HTTPClientError>) {
+        // Metadata only: URLs may carry tokens and headers carry signatures.
+        switch result {
+        case .success(let response):
+            self.logger.trace(
+                "HTTP request finished",
+                metadata: [
+                    "http.request.id": "\(pending.id)",
+                    "http.status": "\(response.status)",
+                    "http.version": "\(response.httpVersion)",
+                    "http.duration": "\(response.duration)",
+                    "http.new_connections": "\(response.newConnections)",
+                ]
+            )
+        case .failure(let error):
+            self.logger.debug(
+                "HTTP request failed",
+                metadata: ["http.request.id": "\(pending.id)", "error.code": "\(error.code)", "error.message": "\(error.message)"]
+            )
+        }
+        pending.complete(result)
+    }
+}

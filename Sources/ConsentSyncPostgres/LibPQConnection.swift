@@ -1,0 +1,348 @@
+import CLibPQ
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Owns one `PGconn` and runs blocking libpq calls on it.
+///
+/// `@unchecked Sendable` because its owner hands it between threads, but never uses it from two
+/// threads at once: a `PostgresConnection` touches it only on its serial `queue` (or in `deinit`,
+/// when nothing else can), the listener only on its own thread.
+final class LibPQConnection: @unchecked Sendable {
+    private var conn: OpaquePointer?
+    /// Retained while `conn` may call the notice receiver; released after `PQfinish`.
+    private let noticeSink: Unmanaged<NoticeSink>
+
+    private init(conn: OpaquePointer, logger: Logger) {
+        self.conn = conn
+        self.noticeSink = Unmanaged.passRetained(NoticeSink(logger: logger))
+        // Route NOTICE/WARNING to the logger instead of libpq's default (stderr).
+        PQsetNoticeReceiver(conn, noticeReceiver, self.noticeSink.toOpaque())
+    }
+
+    deinit {
+        self.finish()
+        self.noticeSink.release()
+    }
+
+    /// Connects with `PQconnectdbParams` (blocking). The error message never carries a password.
+    static func connect(_ configuration: PostgresConfiguration, logger: Logger) -> Result<LibPQConnection, PostgresError> {
+        if let problem = ConnectionParameters.validate(configuration) {
+            return .failure(problem)
+        }
+        let parameters = ConnectionParameters(configuration)
+        guard let conn = parameters.withCArrays({ PQconnectdbParams($0, $1, 1) }) else {
+            return .failure(PostgresError(code: .connectionFailed, message: "libpq could not allocate a connection"))
+        }
+        guard PQstatus(conn) == CONNECTION_OK else {
+            var secrets = parameters.passwords
+            if let effective = effectivePassword(conn) {
+                secrets.append(effective)
+            }
+            let message = ConnectionParameters.redact(trimmedMessage(PQerrorMessage(conn)), secrets: secrets)
+            PQfinish(conn)
+            return .failure(PostgresError(code: .connectionFailed, message: message, isConnectionError: true))
+        }
+        return .success(LibPQConnection(conn: conn, logger: logger))
+    }
+
+    /// The password libpq actually used (from the string, an override or `PGPASSWORD`).
+    private static func effectivePassword(_ conn: OpaquePointer) -> String? {
+        guard let options = PQconninfo(conn) else { return nil }
+        defer { PQconninfoFree(options) }
+        var option = options
+        while let keyword = option.pointee.keyword {
+            if String(cString: keyword) == "password", let value = option.pointee.val {
+                return String(cString: value)
+            }
+            option += 1
+        }
+        return nil
+    }
+
+    // MARK: State
+
+    var isFinished: Bool { self.conn == nil }
+
+    var isConnected: Bool {
+        guard let conn = self.conn else { return false }
+        return PQstatus(conn) == CONNECTION_OK
+    }
+
+    var backendPID: Int32 {
+        guard let conn = self.conn else { return 0 }
+        return PQbackendPID(conn)
+    }
+
+    var serverVersion: Int {
+        guard let conn = self.conn else { return 0 }
+        return Int(PQserverVersion(conn))
+    }
+
+    var socket: Int32 {
+        guard let conn = self.conn else { return -1 }
+        return PQsocket(conn)
+    }
+
+    var errorMessage: String {
+        guard let conn = self.conn else { return "connection closed" }
+        return trimmedMessage(PQerrorMessage(conn))
+    }
+
+    /// A cancel object for this connection (`PQgetCancel`); usable from any thread, free with `PQfreeCancel`.
+    func makeCancel() -> OpaquePointer? {
+        guard let conn = self.conn else { return nil }
+        return PQgetCancel(conn)
+    }
+
+    /// `PQfinish`; idempotent.
+    func finish() {
+        if let conn = self.conn {
+            self.conn = nil
+            PQfinish(conn)
+        }
+    }
+
+    // MARK: Statements
+
+    /// Runs one statement with `PQexecParams` (parameters in text format), or a script with
+    /// `PQexec` when `parameters` is `nil`.
+    func execute(_ sql: String, parameters: [String?]?) -> Result<PostgresRows, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", query: sql, isConnectionError: true))
+        }
+        if sql.utf8.contains(0) {
+            return .failure(PostgresError(code: .invalidArgument, message: "the SQL text contains a NUL byte", query: sql))
+        }
+        let result: OpaquePointer?
+        if let parameters {
+            if let position = parameters.firstIndex(where: { $0?.utf8.contains(0) == true }) {
+                return .failure(PostgresError(
+                    code: .invalidArgument,
+                    message: "parameter $\(position + 1) contains a NUL byte, which text values cannot hold",
+                    query: sql
+                ))
+            }
+            // strdup'd copies stay alive until after PQexecParams returns.
+            let values = parameters.map { $0.map { strdup($0) } ?? nil }
+            defer { values.forEach { free($0) } }
+            let constValues = values.map { UnsafePointer($0) }
+            result = PQexecParams(conn, sql, Int32(parameters.count), nil, constValues, nil, nil, 0)
+        } else {
+            result = PQexec(conn, sql)
+        }
+        return self.consume(result, sql: sql)
+    }
+
+    private func consume(_ result: OpaquePointer?, sql: String) -> Result<PostgresRows, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", query: sql, isConnectionError: true))
+        }
+        guard let result else {
+            return .failure(PostgresError(
+                code: .queryFailed,
+                message: trimmedMessage(PQerrorMessage(conn)),
+                query: sql,
+                isConnectionError: PQstatus(conn) == CONNECTION_BAD
+            ))
+        }
+        defer { PQclear(result) }
+
+        let status = PQresultStatus(result)
+        switch status {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY, PGRES_SINGLE_TUPLE:
+            return .success(Self.rows(of: result))
+        case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
+            self.abandonCopy(status)
+            return .failure(PostgresError(
+                code: .invalidResult,
+                message: "COPY FROM STDIN / TO STDOUT is not supported on this connection",
+                query: sql,
+                isConnectionError: PQstatus(conn) == CONNECTION_BAD
+            ))
+        default:
+            return .failure(Self.error(from: result, conn: conn, sql: sql))
+        }
+    }
+
+    /// Ends an unwanted COPY so the connection is usable again.
+    private func abandonCopy(_ status: ExecStatusType) {
+        guard let conn = self.conn else { return }
+        if status == PGRES_COPY_IN || status == PGRES_COPY_BOTH {
+            _ = PQputCopyEnd(conn, "COPY is not supported by this client")
+        }
+        if status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH {
+            var buffer: UnsafeMutablePointer<CChar>?
+            while PQgetCopyData(conn, &buffer, 0) > 0 {
+                PQfreemem(buffer)
+                buffer = nil
+            }
+        }
+        while let next = PQgetResult(conn) {
+            PQclear(next)
+        }
+    }
+
+    static func error(from result: OpaquePointer, conn: OpaquePointer, sql: String?) -> PostgresError {
+        let primary = field(result, "M") ?? trimmedMessage(PQresultErrorMessage(result))
+        return PostgresError(
+            code: .queryFailed,
+            message: primary.isEmpty ? trimmedMessage(PQerrorMessage(conn)) : primary,
+            sqlState: field(result, "C"),
+            detail: field(result, "D"),
+            hint: field(result, "H"),
+            query: sql,
+            isConnectionError: PQstatus(conn) == CONNECTION_BAD
+        )
+    }
+
+    private static func rows(of result: OpaquePointer) -> PostgresRows {
+        let columnCount = Int(PQnfields(result))
+        let rowCount = Int(PQntuples(result))
+        let columns = (0..<columnCount).map { String(cString: PQfname(result, Int32($0))) }
+        var rows: [[String?]] = []
+        rows.reserveCapacity(rowCount)
+        for row in 0..<Int32(rowCount) {
+            var values: [String?] = []
+            values.reserveCapacity(columnCount)
+            for column in 0..<Int32(columnCount) {
+                if PQgetisnull(result, row, column) == 1 {
+                    values.append(nil)
+                } else {
+                    let bytes = UnsafeRawBufferPointer(
+                        start: PQgetvalue(result, row, column),
+                        count: Int(PQgetlength(result, row, column))
+                    )
+                    values.append(String(decoding: bytes, as: UTF8.self))
+                }
+            }
+            rows.append(values)
+        }
+        let affected = PQcmdTuples(result).map { Int(String(cString: $0)) ?? 0 } ?? 0
+        let tag = PQcmdStatus(result).map { String(cString: $0) } ?? ""
+        return PostgresRows(columns: columns, rows: rows, affectedRows: affected, commandTag: tag)
+    }
+
+    // MARK: Escaping
+
+    /// `PQescapeIdentifier`; only for the thread that owns the connection.
+    func escapeIdentifier(_ identifier: String) -> Result<String, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", isConnectionError: true))
+        }
+        if identifier.utf8.contains(0) {
+            return .failure(PostgresError(code: .invalidArgument, message: "an identifier cannot contain a NUL byte"))
+        }
+        let utf8 = Array(identifier.utf8)
+        let escaped = utf8.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { PQescapeIdentifier(conn, $0.baseAddress, $0.count) }
+        }
+        guard let escaped else {
+            return .failure(PostgresError(code: .invalidArgument, message: trimmedMessage(PQerrorMessage(conn))))
+        }
+        defer { PQfreemem(escaped) }
+        return .success(String(cString: escaped))
+    }
+
+    // MARK: Asynchronous use (listener)
+
+    /// `PQconsumeInput`; false when the connection failed.
+    func consumeInput() -> Bool {
+        guard let conn = self.conn else { return false }
+        return PQconsumeInput(conn) == 1 && PQstatus(conn) == CONNECTION_OK
+    }
+
+    /// Drains `PQnotifies`.
+    func takeNotifications() -> [(channel: String, payload: String)] {
+        guard let conn = self.conn else { return [] }
+        var notifications: [(channel: String, payload: String)] = []
+        while let notify = PQnotifies(conn) {
+            let channel = notify.pointee.relname.map { String(cString: $0) } ?? ""
+            let payload = notify.pointee.extra.map { String(cString: $0) } ?? ""
+            PQfreemem(notify)
+            notifications.append((channel, payload))
+        }
+        return notifications
+    }
+
+    /// `PQsendQuery` without waiting for the result.
+    func send(_ sql: String) -> Bool {
+        guard let conn = self.conn else { return false }
+        return PQsendQuery(conn, sql) == 1
+    }
+
+    /// Reads results of a query sent with ``send(_:)`` that are complete without blocking.
+    /// Returns true once all results were read, false while more are to come.
+    func collectSentResults() -> Result<Bool, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", isConnectionError: true))
+        }
+        var failure: PostgresError?
+        while PQisBusy(conn) == 0 {
+            guard let result = PQgetResult(conn) else {
+                return failure.map { .failure($0) } ?? .success(true)
+            }
+            let status = PQresultStatus(result)
+            if status != PGRES_COMMAND_OK, status != PGRES_TUPLES_OK, status != PGRES_EMPTY_QUERY {
+                failure = Self.error(from: result, conn: conn, sql: nil)
+            }
+            PQclear(result)
+        }
+        return .success(false)
+    }
+}
+
+/// Forwards server notices to a logger (at debug level) instead of stderr.
+final class NoticeSink: Sendable {
+    let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func receive(_ result: OpaquePointer) {
+        let message = field(result, "M") ?? trimmedMessage(PQresultErrorMessage(result))
+        var metadata: Logger.Metadata = [:]
+        if let severity = field(result, "V") ?? field(result, "S") {
+            metadata["postgres.severity"] = "\(severity)"
+        }
+        if let sqlState = field(result, "C") {
+            metadata["postgres.sqlstate"] = "\(sqlState)"
+        }
+        self.logger.debug("postgres notice: \(message)", metadata: metadata)
+    }
+}
+
+private func noticeReceiver(_ argument: UnsafeMutableRawPointer?, _ result: OpaquePointer?) {
+    guard let argument, let result else { return }
+    Unmanaged<NoticeSink>.fromOpaque(argument).takeUnretainedValue().receive(result)
+}
+
+/// `PQresultErrorField` with a one-letter field code (the `PG_DIAG_*` macros do not import into Swift).
+private func field(_ result: OpaquePointer, _ code: Unicode.Scalar) -> String? {
+    guard let value = PQresultErrorField(result, Int32(code.value)) else { return nil }
+    let text = String(cString: value)
+    return text.isEmpty ? nil : text
+}
+
+func trimmedMessage(_ message: UnsafePointer<CChar>?) -> String {
+    guard let message else { return "" }
+    return trimmed(String(cString: message))
+}
+
+func trimmed(_ text: String) -> String {
+    var text = Substring(text)
+    while let last = text.last, last.isWhitespace {
+        text.removeLast()
+    }
+    while let first = text.first, first.isWhitespace {
+        text.removeFirst()
+    }
+    return String(text)
+}

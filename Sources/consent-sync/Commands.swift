@@ -1,0 +1,118 @@
+import ArgumentParser
+import ConsentSyncCore
+import ConsentSyncEngine
+import ConsentSyncHTTP
+import ConsentSyncPostgres
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+/// EX_CONFIG from sysexits.h: systemd's `RestartPreventExitStatus=78` keeps a misconfigured
+/// daemon from restarting in a loop.
+let exitConfigError: Int32 = 78
+
+/// Loads the configuration, or prints why not and exits 78.
+func loadConfiguration(_ options: ConfigOptions) async throws -> AppConfiguration {
+    do {
+        return try await options.load()
+    } catch let error as ConfigurationError {
+        printError("consent-sync: \(error)")
+        throw ExitCode(exitConfigError)
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+func bootstrapLogging(level: Logger.Level) -> Logger {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+    return Logger(label: "consent-sync")
+}
+
+/// Runs `body` with a connection, turning database errors into a clear message and exit 1.
+func withDatabase<T>(_ configuration: AppConfiguration, logger: Logger, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+    let connection: PostgresConnection
+    do {
+        connection = try await PostgresConnection.connect(configuration.database.with("application_name", "consent-sync cli"), logger: logger)
+    } catch {
+        printError("consent-sync: cannot connect to the database: \(error)")
+        throw ExitCode.failure
+    }
+    do {
+        let result = try await body(connection)
+        await connection.close()
+        return result
+    } catch let error as ExitCode {
+        await connection.close()
+        throw error
+    } catch {
+        await connection.close()
+        printError("consent-sync: \(error)")
+        throw ExitCode.failure
+    }
+}
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the daemon: watch the outbox and deliver webhooks until stopped (SIGTERM/SIGINT).")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let configuration = try await loadConfiguration(options)
+        let logger = bootstrapLogging(level: configuration.logLevel)
+        let http = HTTPClient(configuration: .init(userAgent: configuration.relay.userAgent), logger: logger)
+        defer { http.shutdown() }
+        let relay = Relay(configuration: configuration.relay, database: configuration.database, http: http, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: relay, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        logger.info("consent-sync starting", metadata: ["version": "\(ConsentSyncVersion.current)", "instance": "\(relay.instanceID)"])
+        try await group.run()
+    }
+}
+
+struct MigrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "migrate", abstract: "Create or upgrade schema consent_sync (safe to run twice, or twice at once).")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let configuration = try await loadConfiguration(options)
+        let logger = bootstrapLogging(level: configuration.logLevel)
+        let result = try await withDatabase(configuration, logger: logger) { try await Migrator.migrate($0, logger: logger) }
+        if result.from == result.to {
+            print("schema consent_sync is up to date (version \(result.to))")
+        } else {
+            print("schema consent_sync migrated from version \(result.from) to \(result.to)")
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show, per subscriber, deliveries pending, in flight, delivered and dead.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() async throws {
+        let configuration = try await loadConfiguration(options)
+        let logger = bootstrapLogging(level: configuration.logLevel)
+        let report = try await withDatabase(configuration, logger: logger) { connection in
+            try await Migrator.requireCurrent(connection)
+            return try await StatusReport.load(on: connection)
+        }
+        print(json ? report.json() : report.table())
+    }
+}

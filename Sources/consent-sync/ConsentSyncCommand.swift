@@ -1,0 +1,28 @@
+import ArgumentParser
+import ConsentSyncCore
+
+@main
+struct ConsentSyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "consent-sync",
+        abstract: "Relays every committed consent change in PostgreSQL to downstream systems as signed webhooks.",
+        version: ConsentSyncVersion.current,
+        subcommands: [
+            RunCommand.self,
+            MigrateCommand.self,
+            SubscriberCommand.self,
+            StatusCommand.self,
+            ReceiveCommand.self,
+        ]
+    )
+}
+
+/// Options every command that reads the configuration takes.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Configuration file (YAML).", valueName: "path"))
+    var config: String?
+
+    func load() async throws -> AppConfiguration {
+        try await AppConfiguration.load(path: config)
+    }
+}

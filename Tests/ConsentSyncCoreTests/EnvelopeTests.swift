@@ -1,0 +1,90 @@
+import ConsentSyncCore
+import Foundation
+import Testing
+
+@Suite struct EnvelopeTests {
+    let change = ConsentChange(
+        id: 42,
+        eventID: "6f1c2d9e-0000-4000-8000-000000000001",
+        table: "consent_sync.consents",
+        operation: .update,
+        eventType: "consent.withdrawn",
+        subject: "customer-\"7\"\n",
+        purpose: "marketing_email",
+        status: "withdrawn",
+        previousStatus: "granted",
+        source: nil,
+        changedAt: Date(timeIntervalSince1970: 1_764_400_000.123456),
+        attributesJSON: #"{"channel": "web"}"#
+    )
+
+    @Test func isAValidCloudEvent() throws {
+        let body = EventEnvelope(source: "urn:consent-sync:test").body(for: change)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
+        #expect(object["specversion"] as? String == "1.0")
+        #expect(object["id"] as? String == change.eventID)
+        #expect(object["source"] as? String == "urn:consent-sync:test")
+        #expect(object["type"] as? String == "consent.withdrawn")
+        #expect(object["subject"] as? String == "customer-\"7\"\n")
+        #expect(object["time"] as? String == "2025-11-29T07:06:40.123456Z")
+        #expect(object["datacontenttype"] as? String == "application/json")
+        #expect(object["sequence"] as? String == "00000000000000000042")
+        let data = try #require(object["data"] as? [String: Any])
+        #expect(data["purpose"] as? String == "marketing_email")
+        #expect(data["status"] as? String == "withdrawn")
+        #expect(data["previous_status"] as? String == "granted")
+        #expect(data["source"] is NSNull)
+        #expect((data["attributes"] as? [String: Any])?["channel"] as? String == "web")
+    }
+
+    @Test func sequenceComparesAsText() {
+        var earlier = change
+        earlier.id = 9
+        #expect(earlier.sequence < change.sequence)
+        #expect(change.sequence.count == 20)
+    }
+
+    @Test func headersCarryAStandardWebhooksSignature() throws {
+        let secret = SigningSecret.generate()
+        let body = EventEnvelope(source: "s").body(for: change)
+        let message = WebhookMessage(id: "msg_x_1", timestamp: 1_700_000_000, body: body, secrets: [secret], userAgent: "consent-sync/test")
+        let headers = Dictionary(uniqueKeysWithValues: message.headers.map { ($0.name, $0.value) })
+        #expect(headers["content-type"] == "application/cloudevents+json")
+        #expect(headers["webhook-id"] == "msg_x_1")
+        #expect(headers["webhook-timestamp"] == "1700000000")
+        try WebhookSigner.verify(
+            id: headers["webhook-id"], timestamp: headers["webhook-timestamp"], signatureHeader: headers["webhook-signature"],
+            body: body, secrets: [secret], now: Date(timeIntervalSince1970: 1_700_000_000)
+        )
+    }
+}
+
+@Suite struct SubscriberValidationTests {
+    @Test(arguments: ["", "UPPER", "-lead", "has space", "semi;colon", String(repeating: "a", count: 64), "quote'"])
+    func badNames(_ name: String) {
+        #expect(throws: SubscriberValidationError.self) { try SubscriberValidation.validateName(name) }
+    }
+
+    @Test(arguments: ["crm", "e-mail.platform_2", "a"])
+    func goodNames(_ name: String) throws {
+        try SubscriberValidation.validateName(name)
+    }
+
+    @Test(arguments: [
+        "", "relative/path", "ftp://example.com/x", "file:///etc/passwd", "https://user:pw@example.com/",
+        "https://", "javascript:alert(1)", "https://exa mple.com/", "https://example.com/#frag",
+        "https://example.com/" + String(repeating: "a", count: 2100),
+    ])
+    func badURLs(_ url: String) {
+        #expect(throws: SubscriberValidationError.self) { try SubscriberValidation.validateURL(url) }
+    }
+
+    @Test(arguments: ["https://crm.example.com/hooks/consent", "http://127.0.0.1:8080/hook", "https://[::1]:8443/x?y=1"])
+    func goodURLs(_ url: String) throws {
+        try SubscriberValidation.validateURL(url)
+    }
+
+    @Test func eventTypesMustBeKnown() {
+        #expect(throws: SubscriberValidationError.self) { try SubscriberValidation.validateEventTypes(["consent.granted", "consent.typo"]) }
+    }
+}
