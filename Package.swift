@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C layers: the only places that see C pointers.
@@ -71,12 +72,36 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "ConsentSyncLogging",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ConsentSyncOps",
+            dependencies: [
+                "ConsentSyncEngine",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "ConsentSyncCLI",
             dependencies: [
                 "ConsentSyncEngine",
                 "ConsentSyncCore",
                 "ConsentSyncPostgres",
+                "ConsentSyncHTTP",
+                "ConsentSyncOps",
+                "ConsentSyncLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -114,6 +139,29 @@ let package = Package(
         .testTarget(
             name: "ConsentSyncHTTPTests",
             dependencies: ["ConsentSyncHTTP", "ConsentSyncTestKit"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ConsentSyncOpsTests",
+            dependencies: [
+                "ConsentSyncOps",
+                "ConsentSyncEngine",
+                "ConsentSyncTestKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ConsentSyncCLITests",
+            dependencies: [
+                "ConsentSyncLogging",
+                "ConsentSyncTestKit",
+                "ConsentSyncCore",
+                "ConsentSyncPostgres",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -157,7 +157,9 @@ struct ListenerRunner: Sendable {
             self.deliver(connection.takeNotifications())
 
             let timeout = self.machine.nextDeadline.map { $0 - .now } ?? .seconds(60)
-            switch self.poll(socket: connection.socket, timeout: timeout) {
+            let polled = self.poll(socket: connection.socket, timeout: timeout)
+            self.logger.trace("DEBUG poll socket=\(connection.socket) timeout=\(timeout) -> \(polled)")
+            switch polled {
             case .stopped:
                 return .wait
             case .timedOut:

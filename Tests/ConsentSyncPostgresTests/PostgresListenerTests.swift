@@ -35,6 +35,8 @@ struct PostgresListenerTests {
                 }
                 #expect(recovered, "events: \(recording.events)")
 
+                let activity = try await connection.query("SELECT pid, state, query, datname, backend_type FROM pg_stat_activity WHERE application_name = $1", [applicationName])
+                print("DEBUG", activity.map { [$0[0], $0[1], $0[2], $0[3], $0[4]] }, connection.backendPID)
                 try await connection.query("SELECT pg_notify($1, $2)", ["alpha", "three"])
                 let resumed = try await recording.waitFor { $0.last == .notification(channel: "alpha", payload: "three") }
                 #expect(resumed, "events: \(recording.events)")

@@ -16,6 +16,8 @@ extension Relay {
         public var leaseMargin: Duration = .seconds(30)
         /// How often expired leases of dead instances are taken back.
         public var janitorInterval: Duration = .seconds(5)
+        /// How often the backlog per subscriber is counted for metrics and `STATUS=`.
+        public var backlogInterval: Duration = .seconds(10)
         /// After a shutdown request, how long requests in flight may take to finish.
         public var drainTimeout: Duration = .seconds(10)
         /// The CloudEvents `source`; by default `urn:consent-sync:<installation id>`.

@@ -22,6 +22,9 @@ public final class Relay: Service {
     private let doorbell = Doorbell()
     private let finished = Mutex<[AttemptRecord]>([])
     private let stopping = Atomic<Bool>(false)
+    private let metrics = RelayMetrics()
+    /// Live health, for the ops endpoints and systemd.
+    public let health = RelayHealth()
 
     public init(configuration: Configuration, database: PostgresConfiguration, http: HTTPClient, logger: Logger) {
         self.configuration = configuration
@@ -41,9 +44,15 @@ public final class Relay: Service {
                 group.cancelAll()
             }
         } onGracefulShutdown: {
-            self.stopping.store(true, ordering: .relaxed)
-            self.doorbell.ring()
+            self.stop()
         }
+    }
+
+    /// Stops claiming; requests in flight get up to `drainTimeout` to finish. `run()` then returns.
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        health.update { $0.stopping = true }
+        doorbell.ring()
     }
 
     // MARK: - Wake-ups
@@ -61,9 +70,14 @@ public final class Relay: Service {
             case .notification:
                 doorbell.ring()
             case .listening(let reconnected):
-                if reconnected { logger.info("listener reconnected; catching up") }
+                if reconnected {
+                    logger.info("listener reconnected; catching up")
+                    metrics.listenerReconnected()
+                }
+                health.update { $0.listening = true }
                 doorbell.ring()
             case .disconnected(let reason):
+                health.update { $0.listening = false }
                 logger.warning("listener lost its connection; polling until it is back", metadata: ["reason": "\(reason)"])
             }
         }
@@ -71,6 +85,7 @@ public final class Relay: Service {
 
     private func janitor() async {
         var connection: PostgresConnection?
+        var backlogCountedAt = ContinuousClock.now - .seconds(86_400)
         while !Task.isCancelled {
             do {
                 let live: PostgresConnection
@@ -81,7 +96,16 @@ public final class Relay: Service {
                 let expired = try await DeliveryStore.expireLeases(on: live)
                 if expired > 0 {
                     logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
+                    metrics.expired(expired)
                     doorbell.ring()
+                }
+                if ContinuousClock.now - backlogCountedAt >= configuration.backlogInterval {
+                    backlogCountedAt = .now
+                    let lines = try await DeliveryStore.backlog(on: live)
+                    for line in lines {
+                        metrics.backlog(subscriber: line.subscriber, pending: line.backlog, oldestSeconds: line.oldestSeconds, dead: line.dead)
+                    }
+                    health.update { $0.backlog = lines.reduce(0) { $0 + $1.backlog } }
                 }
             } catch {
                 if !Task.isCancelled { logger.warning("janitor failed", metadata: ["error": "\(error)"]) }
@@ -112,6 +136,10 @@ public final class Relay: Service {
                         try await Migrator.requireCurrent(db)
                         installationID = try await DeliveryStore.installationID(on: db)
                         connection = db
+                        health.update {
+                            $0.databaseReady = true
+                            $0.schemaVersion = Migrations.latestVersion
+                        }
                         logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
                     }
 
@@ -122,7 +150,11 @@ public final class Relay: Service {
                         subscribersLoadedAt = .now
                     }
 
-                    while try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes == configuration.fanOutBatchSize {}
+                    while true {
+                        let fannedOut = try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes
+                        metrics.fannedOut(fannedOut)
+                        if fannedOut < configuration.fanOutBatchSize { break }
+                    }
 
                     let budgets = state.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
                     var claimed: [ClaimedDelivery] = []
@@ -150,6 +182,14 @@ public final class Relay: Service {
                         }
                     }
                     failures = 0
+                    let inFlight = state.inFlightTotal
+                    let known = subscribers.count
+                    health.update {
+                        $0.lastLoopTurn = .now
+                        $0.lastError = nil
+                        $0.inFlight = inFlight
+                        $0.subscribers = known
+                    }
                     if claimed.isEmpty && finished.withLock({ $0.isEmpty }) {
                         await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
                     }
@@ -158,7 +198,14 @@ public final class Relay: Service {
                     failures += 1
                     let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
                     logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
-                    if (error as? PostgresError)?.isConnectionError ?? true {
+                    metrics.databaseError()
+                    let lostConnection = (error as? PostgresError)?.isConnectionError ?? true
+                    health.update {
+                        $0.lastError = "\(error)"
+                        $0.lastLoopTurn = .now
+                        if lostConnection { $0.databaseReady = false }
+                    }
+                    if lostConnection {
                         await connection?.close()
                         connection = nil
                     }
@@ -259,6 +306,7 @@ public final class Relay: Service {
             return interrupted(delivery, startedAt: startedAt, since: clock)
         }
         let duration = ContinuousClock.now - clock
+        metrics.attemptDuration(subscriber: subscriber.name, duration)
 
         let decision = configuration.retry.decide(outcome, attempt: delivery.attempt, age: delivery.age + duration)
         metadata["duration_ms"] = "\(duration.milliseconds)"
@@ -267,15 +315,19 @@ public final class Relay: Service {
         switch decision {
         case .delivered:
             logger.debug("delivered", metadata: metadata)
+            metrics.delivery(subscriber: subscriber.name, outcome: "delivered")
+            metrics.commitToAcknowledgement(subscriber: subscriber.name, .milliseconds(Int64(Date().timeIntervalSince(delivery.change.changedAt) * 1000)))
             record = .init(delivery, verdict: .delivered, status: status, error: nil, excerpt: excerpt, startedAt: startedAt, duration: duration)
         case .retry(let after):
             metadata["retry_in_ms"] = "\(after.milliseconds)"
             if let errorText { metadata["error"] = "\(errorText)" }
             logger.info("delivery failed; will retry", metadata: metadata)
+            metrics.delivery(subscriber: subscriber.name, outcome: "retry")
             record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration)
         case .dead(let reason):
             metadata["reason"] = "\(reason)"
             logger.warning("delivery dead", metadata: metadata)
+            metrics.delivery(subscriber: subscriber.name, outcome: "dead")
             record = .init(delivery, verdict: .dead, status: status, error: errorText ?? reason, excerpt: excerpt, startedAt: startedAt, duration: duration)
         }
         return record

@@ -246,6 +246,32 @@ enum DeliveryStore {
         )
     }
 
+    struct BacklogLine: Sendable {
+        var subscriber: String
+        var backlog: Int
+        var oldestSeconds: Double
+        var dead: Int
+    }
+
+    /// Per subscriber: deliveries pending or in flight, the age of the oldest, and dead ones.
+    static func backlog(on connection: PostgresConnection) async throws -> [BacklogLine] {
+        let rows = try await connection.query(
+            """
+            SELECT s.name, live.n AS backlog, coalesce(live.oldest, 0) AS oldest,
+                   (SELECT count(*) FROM consent_sync.deliveries d WHERE d.subscriber_id = s.id AND d.state = 'dead') AS dead
+            FROM consent_sync.subscribers s
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n, extract(epoch FROM now() - min(d.created_at))::double precision AS oldest
+                FROM consent_sync.deliveries d
+                WHERE d.subscriber_id = s.id AND d.state IN ('pending', 'in_flight')
+            ) live
+            """
+        )
+        return try rows.map { row in
+            BacklogLine(subscriber: try row.string("name"), backlog: try row.int("backlog"), oldestSeconds: try row.double("oldest"), dead: try row.int("dead"))
+        }
+    }
+
     static func installationID(on connection: PostgresConnection) async throws -> String {
         let rows = try await connection.query("SELECT value FROM consent_sync.meta WHERE key = 'installation_id'")
         return try rows.first.orThrow("consent_sync.meta has no installation_id; run 'consent-sync migrate'").string("value")
