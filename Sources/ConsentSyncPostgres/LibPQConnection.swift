@@ -336,13 +336,16 @@ func trimmedMessage(_ message: UnsafePointer<CChar>?) -> String {
     return trimmed(String(cString: message))
 }
 
+/// Trims `text` and joins libpq's continuation lines ("...failed: refused\n\tIs the server running...")
+/// into one line, so messages read well in logs and single-line error descriptions.
 func trimmed(_ text: String) -> String {
-    var text = Substring(text)
-    while let last = text.last, last.isWhitespace {
-        text.removeLast()
-    }
-    while let first = text.first, first.isWhitespace {
-        text.removeFirst()
-    }
-    return String(text)
+    text.split(whereSeparator: \.isNewline)
+        .map { line in
+            var line = Substring(line)
+            while let first = line.first, first.isWhitespace { line.removeFirst() }
+            while let last = line.last, last.isWhitespace { line.removeLast() }
+            return line
+        }
+        .filter { !$0.isEmpty }
+        .joined(separator: " ")
 }

@@ -103,7 +103,8 @@ struct ListenerRunner: Sendable {
                 action = self.waitForInput()
 
             case .wait:
-                action = self.waitForInput()
+                // Only reached when the machine ignored an event out of place; start over rather than spin.
+                action = self.machine.listening ? self.waitForInput() : self.machine.restart(reason: "listener lost its state")
 
             case .sendKeepalive:
                 if let connection = self.connection, connection.send("SELECT 1") {
@@ -116,7 +117,7 @@ struct ListenerRunner: Sendable {
             case .closeAndRetry(let reason, let delay):
                 self.connection?.finish()
                 self.connection = nil
-                let reason = reason.split(whereSeparator: \.isNewline).joined(separator: " ")
+                let reason = trimmed(reason)
                 self.logger.warning("postgres listener disconnected; retrying in \(delay)", metadata: [
                     "postgres.reason": "\(reason)",
                 ])
@@ -156,10 +157,12 @@ struct ListenerRunner: Sendable {
             // libpq may already hold notifications read while running LISTEN or a keepalive.
             self.deliver(connection.takeNotifications())
 
+            let socket = connection.socket
+            guard socket >= 0 else {
+                return self.machine.connectionLost(reason: connection.errorMessage)
+            }
             let timeout = self.machine.nextDeadline.map { $0 - .now } ?? .seconds(60)
-            let polled = self.poll(socket: connection.socket, timeout: timeout)
-            self.logger.trace("DEBUG poll socket=\(connection.socket) timeout=\(timeout) -> \(polled)")
-            switch polled {
+            switch self.poll(socket: socket, timeout: timeout) {
             case .stopped:
                 return .wait
             case .timedOut:

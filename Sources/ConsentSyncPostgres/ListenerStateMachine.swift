@@ -103,6 +103,16 @@ struct ListenerStateMachine: Sendable {
         self.state = .listening(lastActivity: now, keepaliveSentAt: nil)
     }
 
+    var listening: Bool {
+        if case .listening = self.state { return true }
+        return false
+    }
+
+    /// Drops whatever state the machine is in and schedules a new connection attempt.
+    mutating func restart(reason: String) -> Action {
+        self.retry(after: 0, reason: reason)
+    }
+
     var isAwaitingKeepalive: Bool {
         if case .listening(_, .some) = self.state { return true }
         return false

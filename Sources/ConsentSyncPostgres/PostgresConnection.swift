@@ -88,7 +88,8 @@ public final class PostgresConnection: Sendable {
 
     /// Runs `body` between `BEGIN` and `COMMIT`; on any error issues `ROLLBACK` and rethrows.
     ///
-    /// The `ROLLBACK` runs even when the task was cancelled.
+    /// The `ROLLBACK` runs even when the task was cancelled. Statements from other tasks on the same
+    /// connection would run inside the transaction: don't share a connection while one is open.
     public func withTransaction<T: Sendable>(
         isolation: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> T
@@ -127,8 +128,14 @@ public final class PostgresConnection: Sendable {
         return "\"" + identifier.replacing("\"", with: "\"\"") + "\""
     }
 
-    /// Closes the connection (`PQfinish`); idempotent. Waits for queued statements to finish first.
+    /// Closes the connection (`PQfinish`); idempotent.
+    ///
+    /// Statements still waiting in the queue fail with ``PostgresError/Code/cancelled``, and a running
+    /// one is cancelled on the server, so closing is prompt.
     public func close() async {
+        if let running = self.requests.withLock({ $0.cancelAll() }) {
+            self.cancel(running)
+        }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             self.queue.async {
                 self.canceller.free()
@@ -240,6 +247,19 @@ private struct RequestTable {
         case .cancelledWhileQueued, .cancelSent, nil:
             return false
         }
+    }
+
+    /// Marks every queued statement cancelled; returns the running one, if any.
+    mutating func cancelAll() -> Int? {
+        var running: Int?
+        for (id, state) in self.states {
+            switch state {
+            case .queued: self.states[id] = .cancelledWhileQueued
+            case .running: running = id
+            case .cancelledWhileQueued, .cancelSent: break
+            }
+        }
+        return running
     }
 
     /// Marks a running `id` as cancelled; false when it is no longer running.

@@ -51,7 +51,9 @@ public struct PostgresListener: Sendable {
     }
 
     /// The events of one listening session. Iterating starts a thread and a connection; they stop
-    /// when the iterating task is cancelled or the iterator is dropped.
+    /// when the iterating task is cancelled or the iterator is dropped. The sequence ends at once then;
+    /// the thread ends as soon as a connection attempt in progress returns (see `connect_timeout`).
+    /// Each call gives an independent session with its own connection.
     public func events() -> Events {
         Events(listener: self)
     }

@@ -57,6 +57,12 @@ public final class WebhookReceiver: Sendable {
         self.server = server
     }
 
+    deinit {
+        // A receiver dropped without `stop()` must not keep serving.
+        self.recorder.stop()
+        self.server.cancel()
+    }
+
     /// Starts a receiver on a free port of 127.0.0.1 and returns once it accepts connections.
     public static func start(
         path: String = "/hook",

@@ -1,124 +1,296 @@
-import Configuration
 import ConsentSyncCore
 import ConsentSyncEngine
+import ConsentSyncLogging
 import ConsentSyncPostgres
 import Foundation
 import Logging
-import SystemPackage
 
-/// The daemon's settings: the config file, overridden by `CONSENT_SYNC_*` environment variables.
+/// The daemon's settings: defaults, overridden by the config file, overridden by
+/// `CONSENT_SYNC_*` environment variables. Secrets come from files only (`database.password_file`,
+/// or the systemd credential `db-password`), never from flags.
 struct AppConfiguration: Sendable {
     static let defaultPath = "/etc/consent-sync/consent-sync.yaml"
 
     var database: PostgresConfiguration
     var relay: Relay.Configuration
-    var logLevel: Logger.Level
+    var log: LogSettings
+    var ops: OpsSettings
+    /// The config file that was read; nil when there was none (defaults and environment only).
+    var file: String?
+    /// Every key, its effective value (secrets redacted) and where it came from.
+    var settings: [EffectiveSetting]
+    /// Things worth saying that are not errors (a password inside `database.url`).
+    var warnings: [String]
+    /// Passwords found anywhere in the settings; ``redact(_:)`` removes them from text.
+    var secrets: [String]
 
-    /// Reads and checks everything; throws a ``ConfigurationError`` naming the key at fault.
+    var logLevel: Logger.Level { self.log.level }
+
+    /// Reads and checks everything; throws a ``ConfigurationError`` listing every bad setting.
+    ///
+    /// The file is `path`, else `CONSENT_SYNC_CONFIG`, else ``defaultPath`` when it exists.
     static func load(path explicitPath: String?, environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> AppConfiguration {
-        var providers: [any ConfigProvider] = [
-            EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: ["consent_sync"]),
-        ]
-        let path = explicitPath ?? environment["CONSENT_SYNC_CONFIG"] ?? defaultPath
-        let mustExist = explicitPath != nil || environment["CONSENT_SYNC_CONFIG"] != nil
-        if mustExist || FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.isReadableFile(atPath: path) else {
-                throw ConfigurationError(key: nil, file: path, reason: "the file does not exist or cannot be read")
-            }
-            do {
-                providers.append(try await FileProvider<YAMLSnapshot>(filePath: FilePath(path)))
-            } catch {
-                throw ConfigurationError(key: nil, file: path, reason: "not valid YAML: \(error)")
-            }
-        }
-        let reader = ConfigReader(providers: providers)
-        var values = Values(reader: reader, file: mustExist || FileManager.default.fileExists(atPath: path) ? path : nil)
-        return try values.build(environment: environment)
+        try self.resolve(path: explicitPath, environment: environment)
     }
 
-    /// Typed, range-checked reads that fail loudly instead of falling back to a default.
-    struct Values {
-        let reader: ConfigReader
-        let file: String?
-
-        func string(_ key: String) -> String? {
-            reader.string(forKey: ConfigKey(key))
+    /// ``load(path:environment:)`` without the `async`: reads a few small files, nothing else.
+    static func resolve(path explicitPath: String?, environment: [String: String]) throws(ConfigurationError) -> AppConfiguration {
+        let named = explicitPath ?? environment["CONSENT_SYNC_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
+        let document: ConfigDocument?
+        if let named {
+            document = ConfigDocument(path: named)
+        } else if FileManager.default.fileExists(atPath: defaultPath) {
+            document = ConfigDocument(path: defaultPath)
+        } else {
+            document = nil
         }
-
-        func int(_ key: String, default value: Int, in range: ClosedRange<Int>) throws -> Int {
-            let configKey = ConfigKey(key)
-            if let number = reader.int(forKey: configKey) {
-                guard range.contains(number) else {
-                    throw ConfigurationError(key: key, file: file, reason: "\(number) is out of range; use \(range.lowerBound)...\(range.upperBound)")
-                }
-                return number
-            }
-            if let text = reader.string(forKey: configKey) {
-                throw ConfigurationError(key: key, file: file, reason: "'\(text.prefix(40))' is not a whole number; use \(range.lowerBound)...\(range.upperBound)")
-            }
-            return value
+        var loader = ConfigLoader(document: document, environment: environment)
+        let configuration = loader.build()
+        guard loader.problems.isEmpty else {
+            throw ConfigurationError(problems: Self.ordered(loader.problems))
         }
+        return configuration
+    }
 
-        func milliseconds(_ key: String, default value: Duration, in range: ClosedRange<Int>) throws -> Duration {
-            .milliseconds(try int(key, default: Int(value.milliseconds), in: range))
+    /// `text` with every known secret replaced by `********`.
+    func redact(_ text: String) -> String {
+        var text = text
+        for secret in self.secrets.sorted(by: { $0.count > $1.count }) where secret.count >= 3 {
+            text = text.replacing(secret, with: "********")
         }
+        return text
+    }
 
-        mutating func build(environment: [String: String]) throws -> AppConfiguration {
-            // Database: a libpq connection string (or URI); PG* variables apply underneath it.
-            let url = string("database.url") ?? environment["DATABASE_URL"] ?? ""
-            var database = PostgresConfiguration(connectionString: url)
-            if let passwordFile = string("database.password_file"), !passwordFile.isEmpty {
-                database = database.with("password", try readSecretFile(passwordFile, key: "database.password_file"))
+    /// File problems by line, then environment variables, then the rest.
+    private static func ordered(_ problems: [ConfigurationError.Problem]) -> [ConfigurationError.Problem] {
+        func rank(_ problem: ConfigurationError.Problem) -> (Int, Int) {
+            switch problem.origin {
+            case .file(_, let line)?: (0, line ?? 0)
+            case .environment?: (1, 0)
+            case .credential?: (2, 0)
+            case .defaultValue?, nil: (3, 0)
             }
-
-            var relay = Relay.Configuration()
-            relay.pollInterval = try milliseconds("relay.poll_interval_ms", default: relay.pollInterval, in: 10...3_600_000)
-            relay.fanOutBatchSize = try int("relay.fan_out_batch_size", default: relay.fanOutBatchSize, in: 1...100_000)
-            relay.claimBatchSize = try int("relay.claim_batch_size", default: relay.claimBatchSize, in: 1...10_000)
-            relay.maxInFlight = try int("relay.max_in_flight", default: relay.maxInFlight, in: 1...100_000)
-            relay.leaseMargin = try milliseconds("relay.lease_margin_ms", default: relay.leaseMargin, in: 1000...3_600_000)
-            relay.janitorInterval = try milliseconds("relay.janitor_interval_ms", default: relay.janitorInterval, in: 100...3_600_000)
-            relay.drainTimeout = try milliseconds("relay.drain_timeout_ms", default: relay.drainTimeout, in: 0...3_600_000)
-            if let source = string("relay.event_source"), !source.isEmpty { relay.eventSource = source }
-
-            var retry = RetryPolicy()
-            retry.backoff.initial = try milliseconds("retry.initial_delay_ms", default: retry.backoff.initial, in: 1...86_400_000)
-            retry.backoff.maximum = try milliseconds("retry.max_delay_ms", default: retry.backoff.maximum, in: 1...604_800_000)
-            retry.backoff.minimum = min(retry.backoff.minimum, retry.backoff.initial)
-            guard retry.backoff.maximum >= retry.backoff.initial else {
-                throw ConfigurationError(key: "retry.max_delay_ms", file: file, reason: "must not be less than retry.initial_delay_ms")
-            }
-            retry.maxAttempts = try int("retry.max_attempts", default: retry.maxAttempts, in: 1...10_000)
-            retry.maxAge = .seconds(try int("retry.max_age_seconds", default: Int(retry.maxAge.seconds), in: 1...31_536_000))
-            retry.maxRetryAfter = .seconds(try int("retry.max_retry_after_seconds", default: Int(retry.maxRetryAfter.seconds), in: 0...86_400))
-            relay.retry = retry
-
-            let levelText = string("log.level") ?? "info"
-            guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
-                throw ConfigurationError(key: "log.level", file: file, reason: "'\(levelText.prefix(20))' is not a level; use trace, debug, info, notice, warning, error or critical")
-            }
-            return AppConfiguration(database: database, relay: relay, logLevel: level)
         }
-
-        func readSecretFile(_ path: String, key: String) throws -> String {
-            guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-                throw ConfigurationError(key: key, file: file, reason: "cannot read the file '\(path)'")
-            }
-            return text.trimmingCharacters(in: .newlines)
-        }
+        return problems.enumerated().sorted { lhs, rhs in
+            let (a, b) = (rank(lhs.element), rank(rhs.element))
+            return a != b ? a < b : lhs.offset < rhs.offset
+        }.map(\.element)
     }
 }
 
-/// A bad setting: says which key, in which file, and what would be valid.
-struct ConfigurationError: Error, CustomStringConvertible {
-    var key: String?
-    var file: String?
-    var reason: String
+/// How and how much the daemon logs.
+struct LogSettings: Sendable {
+    /// `log.level`; put it into a `LogLevelControl` so that a reload can change it.
+    var level: Logger.Level
+    /// `log.format`.
+    var format: LogFormat
+    /// `log.subject_hash_key_file` (or the systemd credential `subject-hash-key`); nil: a
+    /// random key made for this process.
+    var subjectHashKeyFile: String?
+    /// Hashes subject ids for log metadata with that key.
+    var subjectRedactor: SubjectRedactor
+}
 
-    var description: String {
-        var text = "configuration error"
-        if let key { text += " at '\(key)' (environment: CONSENT_SYNC_\(key.uppercased().replacingOccurrences(of: ".", with: "_")))" }
-        if let file { text += " in \(file)" }
-        return text + ": " + reason
+extension LogSettings {
+    /// Installs ``ConsentSyncLogHandler`` for the whole process (`LoggingSystem.bootstrap`: call
+    /// once) and returns the control that sets the level of every logger; a reload sets
+    /// `control.level = reloaded.log.level`. The format and hash key stay as they were at start.
+    func bootstrap(environment: [String: String]? = nil) -> LogLevelControl {
+        let control = LogLevelControl(self.level)
+        ConsentSyncLogHandler.bootstrap(format: self.format, control: control, redactor: self.subjectRedactor, environment: environment)
+        return control
+    }
+}
+
+/// The `/healthz`, `/readyz` and `/metrics` listener.
+struct OpsSettings: Sendable {
+    /// `ops.enabled`.
+    var enabled: Bool
+    /// From `ops.listen`: an IP address (IPv6 without brackets) or a host name.
+    var host: String
+    /// From `ops.listen`; 0 picks a free port.
+    var port: Int
+    /// `ops.health_window_ms`: how recently the relay must have made progress to count as healthy.
+    var healthWindow: Duration
+}
+
+/// systemd's `LoadCredential=` names looked for in `$CREDENTIALS_DIRECTORY`.
+enum SystemdCredential {
+    static let databasePassword = "db-password"
+    static let subjectHashKey = "subject-hash-key"
+}
+
+extension ConfigLoader {
+    /// Every key in ``ConfigSchema/keys`` order; problems are collected in ``problems``.
+    mutating func build() -> AppConfiguration {
+        var secrets: [String] = []
+        var warnings: [String] = []
+
+        // Database: a libpq connection string (or URI); PG* variables apply underneath it.
+        // Empty means not set: DATABASE_URL, then the PG* variables.
+        var (urlValue, urlOrigin) = self.text("database.url", default: "", record: false)
+        if urlValue.isEmpty, let fallback = self.environment["DATABASE_URL"], !fallback.isEmpty {
+            (urlValue, urlOrigin) = (fallback, .environment(variable: "DATABASE_URL"))
+        }
+        var database = PostgresConfiguration(connectionString: urlValue)
+        if let problem = database.validationError() {
+            // libpq's message, with quoted tokens (possibly parts of a password) already hidden.
+            self.fail("database.url", urlOrigin, "\(problem.message); use a libpq connection string (host=db.internal dbname=app) or URI (postgresql://consent_sync@db.internal/app)")
+            self.record("database.url", "(invalid, not shown)", urlOrigin)
+        } else {
+            let passwords = ConfigConnectionString.passwords(in: urlValue) ?? []
+            secrets += passwords
+            if !passwords.isEmpty {
+                warnings.append("database.url contains a password; keep it in database.password_file (or ~/.pgpass) instead")
+            }
+            let shown = ConfigConnectionString.redacted(urlValue).map(ConfigLoader.quote) ?? "(not shown)"
+            self.record("database.url", shown, urlOrigin)
+        }
+
+        let (passwordFile, passwordFileOrigin) = self.text("database.password_file", default: "", record: false)
+        var password: String?
+        if !passwordFile.isEmpty {
+            password = self.readPassword(passwordFile, origin: passwordFileOrigin)
+            self.record("database.password_file", ConfigLoader.quote(passwordFile), passwordFileOrigin)
+        } else if let credential = self.credentialPath(SystemdCredential.databasePassword) {
+            password = self.readPassword(credential, origin: .credential(path: credential))
+            self.record("database.password_file", ConfigLoader.quote(credential), .credential(path: credential))
+        } else {
+            self.record("database.password_file", "(none)", passwordFileOrigin)
+        }
+        if let password {
+            secrets.append(password)
+            database = database.with("password", password)
+        }
+
+        var relay = Relay.Configuration()
+        relay.pollInterval = self.milliseconds("relay.poll_interval_ms", default: relay.pollInterval, in: 10...3_600_000)
+        relay.fanOutBatchSize = self.integer("relay.fan_out_batch_size", default: relay.fanOutBatchSize, in: 1...100_000)
+        relay.claimBatchSize = self.integer("relay.claim_batch_size", default: relay.claimBatchSize, in: 1...10_000)
+        relay.maxInFlight = self.integer("relay.max_in_flight", default: relay.maxInFlight, in: 1...100_000)
+        relay.leaseMargin = self.milliseconds("relay.lease_margin_ms", default: relay.leaseMargin, in: 1000...3_600_000)
+        relay.janitorInterval = self.milliseconds("relay.janitor_interval_ms", default: relay.janitorInterval, in: 100...3_600_000)
+        relay.backlogInterval = self.milliseconds("relay.backlog_interval_ms", default: relay.backlogInterval, in: 100...3_600_000)
+        relay.drainTimeout = self.milliseconds("relay.drain_timeout_ms", default: relay.drainTimeout, in: 0...3_600_000)
+        let source = self.text("relay.event_source", default: "").value
+        if !source.isEmpty { relay.eventSource = source }
+
+        var retry = RetryPolicy()
+        retry.backoff.initial = self.milliseconds("retry.initial_delay_ms", default: retry.backoff.initial, in: 1...86_400_000)
+        retry.backoff.maximum = self.milliseconds("retry.max_delay_ms", default: retry.backoff.maximum, in: 1...604_800_000)
+        retry.backoff.minimum = min(retry.backoff.minimum, retry.backoff.initial)
+        if retry.backoff.maximum < retry.backoff.initial {
+            self.fail(
+                "retry.max_delay_ms", self.origin(of: "retry.max_delay_ms"),
+                "\(retry.backoff.maximum.milliseconds) is less than retry.initial_delay_ms (\(retry.backoff.initial.milliseconds)); use at least that"
+            )
+        }
+        retry.maxAttempts = self.integer("retry.max_attempts", default: retry.maxAttempts, in: 1...10_000)
+        retry.maxAge = self.seconds("retry.max_age_seconds", default: retry.maxAge, in: 1...31_536_000)
+        retry.maxRetryAfter = self.seconds("retry.max_retry_after_seconds", default: retry.maxRetryAfter, in: 0...86_400)
+        relay.retry = retry
+
+        let level: Logger.Level = self.choice(
+            "log.level", default: "info",
+            ["trace": .trace, "debug": .debug, "info": .info, "notice": .notice, "warning": .warning, "error": .error, "critical": .critical]
+        )
+        let format: LogFormat = self.choice("log.format", default: "logfmt", ["logfmt": .logfmt, "json": .json])
+        let (keyFile, keyFileOrigin) = self.text("log.subject_hash_key_file", default: "", record: false)
+        var subjectHashKeyFile: String?
+        var redactor: SubjectRedactor?
+        if !keyFile.isEmpty {
+            subjectHashKeyFile = keyFile
+            redactor = self.readSubjectHashKey(keyFile, origin: keyFileOrigin)
+            self.record("log.subject_hash_key_file", ConfigLoader.quote(keyFile), keyFileOrigin)
+        } else if let credential = self.credentialPath(SystemdCredential.subjectHashKey) {
+            subjectHashKeyFile = credential
+            redactor = self.readSubjectHashKey(credential, origin: .credential(path: credential))
+            self.record("log.subject_hash_key_file", ConfigLoader.quote(credential), .credential(path: credential))
+        } else {
+            self.record("log.subject_hash_key_file", "(none: a random key per process)", keyFileOrigin)
+        }
+
+        let opsEnabled = self.boolean("ops.enabled", default: true)
+        let (listenText, listenOrigin) = self.text("ops.listen", default: "127.0.0.1:9464", record: false)
+        var listen = ConfigListenAddress(host: "127.0.0.1", port: 9464)
+        switch ConfigListenAddress.parse(listenText.trimmingCharacters(in: .whitespaces)) {
+        case .success(let address):
+            listen = address
+            self.record("ops.listen", ConfigLoader.quote(address.description), listenOrigin)
+        case .failure(let error):
+            self.fail("ops.listen", listenOrigin, "\(ConfigLoader.show(listenText)): \(error.reason); \(ConfigListenAddress.valid)")
+            self.record("ops.listen", ConfigLoader.quote(listen.description), .defaultValue)
+        }
+        let healthWindow = self.milliseconds("ops.health_window_ms", default: .seconds(30), in: 1000...3_600_000)
+
+        return AppConfiguration(
+            database: database,
+            relay: relay,
+            log: LogSettings(level: level, format: format, subjectHashKeyFile: subjectHashKeyFile, subjectRedactor: redactor ?? .random()),
+            ops: OpsSettings(enabled: opsEnabled, host: listen.host, port: listen.port, healthWindow: healthWindow),
+            file: self.document?.path,
+            settings: self.settings,
+            warnings: warnings,
+            secrets: secrets
+        )
+    }
+
+    private func origin(of key: String) -> ConfigOrigin {
+        self.settings.last { $0.key == key }?.origin ?? .defaultValue
+    }
+
+    /// `$CREDENTIALS_DIRECTORY/<name>` when systemd provided that credential.
+    private func credentialPath(_ name: String) -> String? {
+        guard let directory = self.environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty else { return nil }
+        let path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    /// The password: the file's only line. Messages name the file, never its contents.
+    private mutating func readPassword(_ path: String, origin: ConfigOrigin) -> String? {
+        guard var bytes = self.readSecret(path, key: "database.password_file", origin: origin, limit: 64 * 1024) else { return nil }
+        Self.dropTrailingNewlines(&bytes)
+        guard !bytes.isEmpty else {
+            self.fail("database.password_file", origin, "'\(path)' is empty; put the password in it")
+            return nil
+        }
+        guard !bytes.contains(0x0A), !bytes.contains(0x0D), !bytes.contains(0) else {
+            self.fail("database.password_file", origin, "'\(path)' holds more than one line; put only the password in it")
+            return nil
+        }
+        guard let password = String(validating: bytes, as: UTF8.self) else {
+            self.fail("database.password_file", origin, "'\(path)' is not UTF-8 text")
+            return nil
+        }
+        return password
+    }
+
+    /// The key's bytes, at least ``SubjectRedactor/minimumKeyLength`` of them.
+    private mutating func readSubjectHashKey(_ path: String, origin: ConfigOrigin) -> SubjectRedactor? {
+        guard var bytes = self.readSecret(path, key: "log.subject_hash_key_file", origin: origin, limit: 4096) else { return nil }
+        Self.dropTrailingNewlines(&bytes)
+        guard bytes.count >= SubjectRedactor.minimumKeyLength else {
+            self.fail(
+                "log.subject_hash_key_file", origin,
+                "'\(path)' holds \(bytes.count) bytes; use at least \(SubjectRedactor.minimumKeyLength) (e.g. openssl rand -hex 32 > \(path))"
+            )
+            return nil
+        }
+        return SubjectRedactor(key: bytes)
+    }
+
+    private mutating func readSecret(_ path: String, key: String, origin: ConfigOrigin, limit: Int) -> [UInt8]? {
+        do {
+            return try readFile(path, limit: limit)
+        } catch {
+            self.fail(key, origin, "cannot read '\(path)': \(error)")
+            return nil
+        }
+    }
+
+    private static func dropTrailingNewlines(_ bytes: inout [UInt8]) {
+        while let last = bytes.last, last == 0x0A || last == 0x0D {
+            bytes.removeLast()
+        }
     }
 }

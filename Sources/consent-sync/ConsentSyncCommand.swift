@@ -13,6 +13,7 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             SubscriberCommand.self,
             StatusCommand.self,
             ReceiveCommand.self,
+            CheckConfigCommand.self,
         ]
     )
 }

@@ -117,7 +117,7 @@ struct HTTPClientTests {
                 #expect(error?.code == .timeout)
                 #expect(error?.isRetryable == true)
                 #expect(error?.curlCode == 28)
-                #expect(clock.now - start < .seconds(2))
+                #expect(clock.now - start < .milliseconds(2500))  // the receiver would answer after 3 s
             }
         }
     }
@@ -193,7 +193,7 @@ struct HTTPClientTests {
                 let start = clock.now
                 task.cancel()
                 let result = await task.result
-                #expect(clock.now - start < .milliseconds(500))
+                #expect(clock.now - start < .seconds(2))  // the request's own timeout is 30 s
                 #expect(throws: HTTPClientError.self) { try result.get() }
                 if case .failure(let error as HTTPClientError) = result {
                     #expect(error.code == .cancelled)
@@ -258,7 +258,7 @@ struct HTTPClientTests {
             let clock = ContinuousClock()
             let start = clock.now
             client.shutdown()
-            #expect(clock.now - start < .seconds(1))
+            #expect(clock.now - start < .seconds(2))
             for task in tasks {
                 let result = await task.result
                 if case .failure(let error as HTTPClientError) = result {

@@ -48,6 +48,13 @@ import Testing
             == "user x password ******** failed")
     }
 
+    @Test func validationErrorUsesLibpqsParser() {
+        #expect(PostgresConfiguration(connectionString: "host=localhost port=5432 dbname=x").validationError() == nil)
+        #expect(PostgresConfiguration(connectionString: "postgresql://u@h:5432/db?sslmode=require").validationError() == nil)
+        #expect(PostgresConfiguration(connectionString: "host=localhost nonsense_option=1").validationError()?.code == .connectionFailed)
+        #expect(PostgresConfiguration(connectionString: "host='unterminated").validationError() != nil)
+    }
+
     @Test func plainDatabaseNamesAreNotParsed() {
         #expect(ConnectionParameters.validate(PostgresConfiguration(connectionString: "mydb")) == nil)
         #expect(ConnectionParameters.validate(PostgresConfiguration()) == nil)

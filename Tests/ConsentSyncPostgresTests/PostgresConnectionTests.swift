@@ -8,7 +8,7 @@ import Testing
 struct PostgresConnectionTests {
     @Test func parametersRoundTrip() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 let tricky = #"it's "quoted" \ $1 -- ; DROP TABLE x"#
                 let unicode = "Grüße, 世界 🌍 \u{301}e"
                 let rows = try await connection.query(
@@ -35,7 +35,7 @@ struct PostgresConnectionTests {
 
     @Test func typedHelpersNameTheColumnNotTheValue() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 let row = try #require(try await connection.query("SELECT 'secret@example.com'::text AS email, NULL::int AS n").first)
                 let notInt = #expect(throws: PostgresError.self) { try row.int("email") }
                 #expect(notInt?.code == .invalidResult)
@@ -51,7 +51,7 @@ struct PostgresConnectionTests {
 
     @Test func sqlErrorsCarrySQLStateAndMessage() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 let missing = await #expect(throws: PostgresError.self) {
                     try await connection.query("SELECT * FROM no_such_table WHERE id = $1::int", ["1"])
                 }
@@ -82,7 +82,7 @@ struct PostgresConnectionTests {
 
     @Test func nulBytesAreRejectedBeforeReachingLibpq() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 let error = await #expect(throws: PostgresError.self) {
                     try await connection.query("SELECT $1::text", ["a\u{0}b"])
                 }
@@ -96,7 +96,7 @@ struct PostgresConnectionTests {
 
     @Test func executeRunsAMultiStatementScript() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 try await connection.execute(
                     """
                     CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);
@@ -123,7 +123,7 @@ struct PostgresConnectionTests {
 
     @Test func copyIsRefusedAndTheConnectionSurvives() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 try await connection.execute("CREATE TABLE t (x int)")
                 let copyIn = await #expect(throws: PostgresError.self) { try await connection.execute("COPY t FROM STDIN") }
                 #expect(copyIn?.code == .invalidResult)
@@ -137,7 +137,7 @@ struct PostgresConnectionTests {
     @Test func transactionsCommitAndRollBack() async throws {
         struct Oops: Error {}
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 try await connection.execute("CREATE TABLE ledger (entry text)")
                 let value = try await connection.withTransaction { transaction in
                     try await transaction.query("INSERT INTO ledger VALUES ($1)", ["kept"])
@@ -158,7 +158,7 @@ struct PostgresConnectionTests {
                     }
                 }
                 // Another connection sees exactly the committed row; this one is out of any transaction.
-                try await database.withConnection { other in
+                try await database.withOpenConnection { other in
                     let rows = try await other.query("SELECT entry FROM ledger")
                     #expect(rows.map { $0["entry"] } == ["kept"])
                 }
@@ -169,7 +169,7 @@ struct PostgresConnectionTests {
 
     @Test func escapeIdentifierQuotesQuotesAndSpaces() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 let name = #"weird "table" name"#
                 let quoted = try connection.escapeIdentifier(name)
                 #expect(quoted == #""weird ""table"" name""#)
@@ -178,6 +178,11 @@ struct PostgresConnectionTests {
                 try await connection.query("INSERT INTO \(quoted) VALUES (1)")
                 let rows = try await connection.query("SELECT relname FROM pg_class WHERE relname = $1", [name])
                 #expect(rows.first?["relname"] == name)
+                // The server's own quoting agrees wherever quoting is needed.
+                for identifier in [name, "Upper", "with space", "select", "a\"b\"\"c", "ünï"] {
+                    let server = try await connection.query("SELECT quote_ident($1) AS q", [identifier]).first?["q"]
+                    #expect(try connection.escapeIdentifier(identifier) == server)
+                }
             }
         }
     }
@@ -221,8 +226,8 @@ struct PostgresConnectionTests {
 
     @Test func cancellingAQueryIsPromptAndLeavesTheConnectionUsable() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
-                try await database.withConnection { observer in
+            try await database.withOpenConnection { connection in
+                try await database.withOpenConnection { observer in
                     let sleeper = Task { try await connection.query("SELECT pg_sleep(30)") }
                     // Wait until the statement really runs, so that the cancel request is what stops it.
                     let running = try await eventually {
@@ -251,7 +256,7 @@ struct PostgresConnectionTests {
 
     @Test func queryInACancelledTaskDoesNotRun() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 try await connection.execute("CREATE TABLE marks (x int)")
                 let task = Task {
                     withUnsafeCurrentTask { $0?.cancel() }
@@ -315,9 +320,31 @@ struct PostgresConnectionTests {
         }
     }
 
+    @Test func closingCancelsARunningStatement() async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            let connection = try await database.connect()
+            let sleeper = Task { try await connection.query("SELECT pg_sleep(30)") }
+            let running = try await database.withOpenConnection { observer in
+                try await eventually {
+                    try await observer.query(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = $1::int AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+                        [String(connection.backendPID)]
+                    ).count == 1
+                }
+            }
+            #expect(running)
+            let closing = ContinuousClock.now
+            await connection.close()
+            let result = await sleeper.result
+            #expect(ContinuousClock.now - closing < .seconds(5))
+            #expect(throws: PostgresError.self) { try result.get() }
+            #expect(!connection.isConnected)
+        }
+    }
+
     @Test func droppingAConnectionClosesIt() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
-            try await database.withConnection { observer in
+            try await database.withOpenConnection { observer in
                 var connection: PostgresConnection? = try await database.connect(applicationName: "dropped")
                 let pid = try #require(connection?.backendPID)
                 try await connection?.query("SELECT 1")

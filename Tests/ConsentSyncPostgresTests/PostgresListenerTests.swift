@@ -2,6 +2,9 @@ import ConsentSyncPostgres
 import ConsentSyncTestKit
 import Testing
 
+// Results of `recording.waitFor { ... }` are bound to a local before `#expect`: Swift 6.3 miscompiles
+// `#expect(try await f { closure })` inside a closure (a later closure in the same body is replaced by
+// this one), so such calls never appear inside the macro here.
 @Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG*"), .timeLimit(.minutes(2)))
 struct PostgresListenerTests {
     static let fastBackoff = PostgresListener.Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
@@ -16,13 +19,15 @@ struct PostgresListenerTests {
                 logger: testLogger
             )
             let recording = ListenerRecording(listener)
-            #expect(try await recording.waitFor { $0.first == .listening(reconnected: false) })
+            let listening = try await recording.waitFor { $0.first == .listening(reconnected: false) }
+            #expect(listening, "events: \(recording.events)")
 
-            try await database.withConnection { connection in
+            try await database.withOpenConnection { connection in
                 try await connection.query("SELECT pg_notify($1, $2)", ["alpha", "one"])
                 try await connection.query("SELECT pg_notify($1, $2)", ["Beta \"Gamma\"", #"two "quoted" ü"#])
                 try await connection.query("SELECT pg_notify($1, $2)", ["ignored", "nobody listens"])
-                #expect(try await recording.waitFor { $0.filter(\.isNotification).count == 2 })
+                let notified = try await recording.waitFor { $0.filter(\.isNotification).count == 2 }
+                #expect(notified, "events: \(recording.events)")
                 #expect(recording.notifications == [
                     .notification(channel: "alpha", payload: "one"),
                     .notification(channel: "Beta \"Gamma\"", payload: #"two "quoted" ü"#),
@@ -35,8 +40,6 @@ struct PostgresListenerTests {
                 }
                 #expect(recovered, "events: \(recording.events)")
 
-                let activity = try await connection.query("SELECT pid, state, query, datname, backend_type FROM pg_stat_activity WHERE application_name = $1", [applicationName])
-                print("DEBUG", activity.map { [$0[0], $0[1], $0[2], $0[3], $0[4]] }, connection.backendPID)
                 try await connection.query("SELECT pg_notify($1, $2)", ["alpha", "three"])
                 let resumed = try await recording.waitFor { $0.last == .notification(channel: "alpha", payload: "three") }
                 #expect(resumed, "events: \(recording.events)")
@@ -52,15 +55,17 @@ struct PostgresListenerTests {
         try await TestDatabase.withTemporaryDatabase { database in
             let listener = PostgresListener(configuration: database.configuration, channels: ["tx"], logger: testLogger)
             let recording = ListenerRecording(listener)
-            #expect(try await recording.waitFor { $0.contains(.listening(reconnected: false)) })
-            try await database.withConnection { connection in
+            let listening = try await recording.waitFor { $0.contains(.listening(reconnected: false)) }
+            #expect(listening, "events: \(recording.events)")
+            try await database.withOpenConnection { connection in
                 try await connection.withTransaction { transaction in
                     for index in 0..<50 {
                         try await transaction.query("SELECT pg_notify('tx', $1)", [String(index)])
                     }
                 }
             }
-            #expect(try await recording.waitFor { $0.filter(\.isNotification).count == 50 })
+            let arrived = try await recording.waitFor { $0.filter(\.isNotification).count == 50 }
+            #expect(arrived, "events: \(recording.events)")
             #expect(recording.notifications.last == .notification(channel: "tx", payload: "49"))
             await recording.stop()
         }
@@ -75,11 +80,13 @@ struct PostgresListenerTests {
                 logger: testLogger
             )
             let recording = ListenerRecording(listener)
-            #expect(try await recording.waitFor { $0.contains(.listening(reconnected: false)) })
+            let listening = try await recording.waitFor { $0.contains(.listening(reconnected: false)) }
+            #expect(listening, "events: \(recording.events)")
             // Several keepalive rounds pass without a disconnect, and notifications still arrive.
             try await Task.sleep(for: .milliseconds(600))
-            try await database.withConnection { try await $0.query("NOTIFY quiet, 'still here'") }
-            #expect(try await recording.waitFor { $0.contains(.notification(channel: "quiet", payload: "still here")) })
+            try await database.withOpenConnection { try await $0.query("NOTIFY quiet, 'still here'") }
+            let arrived = try await recording.waitFor { $0.contains(.notification(channel: "quiet", payload: "still here")) }
+            #expect(arrived, "events: \(recording.events)")
             #expect(recording.events == [.listening(reconnected: false), .notification(channel: "quiet", payload: "still here")])
             await recording.stop()
         }
@@ -97,7 +104,7 @@ struct PostgresListenerTests {
                 #expect(event == .listening(reconnected: false))
                 break
             }
-            try await database.withConnection { observer in
+            try await database.withOpenConnection { observer in
                 let gone = try await eventually {
                     try await observer.query("SELECT 1 FROM pg_stat_activity WHERE application_name = $1", [applicationName]).isEmpty
                 }
@@ -114,7 +121,8 @@ struct PostgresListenerTests {
             logger: testLogger
         )
         let recording = ListenerRecording(listener)
-        #expect(try await recording.waitFor { $0.filter(\.isDisconnected).count >= 3 })
+        let retried = try await recording.waitFor { $0.filter(\.isDisconnected).count >= 3 }
+        #expect(retried, "events: \(recording.events)")
         let events = recording.events
         #expect(events.allSatisfy { $0.isDisconnected })
         if case .disconnected(let reason) = events.first {

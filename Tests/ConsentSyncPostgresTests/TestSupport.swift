@@ -92,3 +92,22 @@ let testLogger = TestDatabase.logger
 func randomSuffix() -> String {
     String(UInt32.random(in: .min ... .max), radix: 16)
 }
+
+extension TestDatabase {
+    /// Runs `body` with a new connection to this database and closes it afterwards.
+    @discardableResult
+    func withOpenConnection<T: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let connection = try await self.connect()
+        do {
+            let result = try await body(connection)
+            await connection.close()
+            return result
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+}

@@ -3,7 +3,7 @@ import ConsentSyncCore
 /// What this instance has in flight, per subscriber: decides how much to claim next.
 /// A value type with no I/O, so its arithmetic is tested on its own.
 struct DispatchState {
-    let maxInFlight: Int
+    var maxInFlight: Int
     private(set) var inFlight: [Int64: Int] = [:]
     private(set) var inFlightTotal = 0
     /// The earliest retry this instance scheduled itself, to wake up for it.

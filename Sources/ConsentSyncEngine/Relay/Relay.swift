@@ -13,7 +13,12 @@ import Synchronization
 /// One database connection runs the pipeline's statements in turn; requests run
 /// concurrently, bounded per subscriber and in all, each in its own child task.
 public final class Relay: Service {
-    public let configuration: Configuration
+    private let settings: Mutex<Configuration>
+    /// Set by ``reconfigure(_:)``: reload subscribers at the next round.
+    private let subscribersStale = Atomic<Bool>(false)
+
+    /// The settings in force; ``reconfigure(_:)`` changes them while running.
+    public var configuration: Configuration { settings.withLock { $0 } }
     private let database: PostgresConfiguration
     private let http: HTTPClient
     private let logger: Logger
@@ -21,13 +26,15 @@ public final class Relay: Service {
     public let instanceID = UUID()
     private let doorbell = Doorbell()
     private let finished = Mutex<[AttemptRecord]>([])
+    /// Deliveries this instance is sending now, with their lease length: the janitor renews them.
+    private let leased = Mutex<[Int64: Duration]>([:])
     private let stopping = Atomic<Bool>(false)
     private let metrics = RelayMetrics()
     /// Live health, for the ops endpoints and systemd.
     public let health = RelayHealth()
 
     public init(configuration: Configuration, database: PostgresConfiguration, http: HTTPClient, logger: Logger) {
-        self.configuration = configuration
+        self.settings = Mutex(configuration)
         self.database = database.with("application_name", "consent-sync relay")
         self.http = http
         var logger = logger
@@ -46,6 +53,14 @@ public final class Relay: Service {
         } onGracefulShutdown: {
             self.stop()
         }
+    }
+
+    /// Applies new settings (a SIGHUP reload) without dropping work: limits, pacing and the
+    /// retry policy apply from the next round; subscribers are re-read at once.
+    public func reconfigure(_ configuration: Configuration) {
+        settings.withLock { $0 = configuration }
+        subscribersStale.store(true, ordering: .relaxed)
+        doorbell.ring()
     }
 
     /// Stops claiming; requests in flight get up to `drainTimeout` to finish. `run()` then returns.
@@ -93,6 +108,10 @@ public final class Relay: Service {
                     live = try await PostgresConnection.connect(database.with("application_name", "consent-sync janitor"), logger: logger)
                     connection = live
                 }
+                let renewals = leased.withLock { $0 }
+                if !renewals.isEmpty {
+                    try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
+                }
                 let expired = try await DeliveryStore.expireLeases(on: live)
                 if expired > 0 {
                     logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
@@ -121,6 +140,7 @@ public final class Relay: Service {
 
     private func pipeline() async throws {
         var state = DispatchState(maxInFlight: configuration.maxInFlight)
+        var configuration = self.configuration
         var connection: PostgresConnection?
         var failures = 0
         var subscribers: [Int64: Subscriber] = [:]
@@ -130,6 +150,8 @@ public final class Relay: Service {
         await withDiscardingTaskGroup { requests in
             while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
                 do {
+                    configuration = self.configuration
+                    state.maxInFlight = configuration.maxInFlight
                     let db: PostgresConnection
                     if let connection { db = connection } else {
                         db = try await PostgresConnection.connect(database, logger: logger)
@@ -145,7 +167,7 @@ public final class Relay: Service {
 
                     try await recordFinished(&state, on: db)
 
-                    if ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
+                    if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
                         subscribers = Dictionary(uniqueKeysWithValues: try await SubscriberStore.all(on: db).map { ($0.id, $0) })
                         subscribersLoadedAt = .now
                     }
@@ -158,8 +180,8 @@ public final class Relay: Service {
 
                     let budgets = state.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
                     var claimed: [ClaimedDelivery] = []
+                    let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
                     if !budgets.isEmpty {
-                        let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
                         claimed = try await DeliveryStore.claim(owner: instanceID, budgets: budgets, lease: lease, on: db)
                     }
                     var bodies: [Int64: [UInt8]] = [:]
@@ -174,6 +196,7 @@ public final class Relay: Service {
                         let body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
                         bodies[delivery.change.id] = body
                         state.started(delivery)
+                        leased.withLock { $0[delivery.id] = lease }
                         let webhookID = "msg_\(installationID.prefix(8))_\(delivery.id)"
                         requests.addTask {
                             let record = await self.send(delivery, to: subscriber, webhookID: webhookID, body: body)
@@ -248,6 +271,9 @@ public final class Relay: Service {
         guard !records.isEmpty else { return }
         do {
             let applied = try await DeliveryStore.record(records, owner: instanceID, on: db)
+            leased.withLock { leases in
+                for record in records { leases[record.deliveryID] = nil }
+            }
             for record in records {
                 state.finished(record)
                 if !applied.contains(record.deliveryID) {

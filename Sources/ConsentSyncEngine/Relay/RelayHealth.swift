@@ -23,6 +23,8 @@ public final class RelayHealth: Sendable {
         /// True once the relay has been asked to stop.
         public var stopping = false
 
+        public init() {}
+
         /// Connected, listening and migrated: ready to deliver.
         public var isReady: Bool { databaseReady && listening && !stopping }
 
@@ -39,7 +41,8 @@ public final class RelayHealth: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
-    func update(_ body: (inout Snapshot) -> Void) {
+    /// Changes the snapshot (the relay does; tests may, to drive the ops side).
+    public func update(_ body: (inout Snapshot) -> Void) {
         state.withLock { body(&$0) }
     }
 }

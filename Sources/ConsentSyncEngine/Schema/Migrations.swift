@@ -109,8 +109,10 @@ public enum Migrations {
     --   TG_ARGV[0] subject column, [1] purpose column, [2] status column,
     --   [3] source column or '' , [4] comma-separated columns sent as attributes or '',
     --   [5] comma-separated columns whose change alone is not a consent change (e.g. updated_at).
+    -- SECURITY DEFINER: the application's role needs rights on its consent table only,
+    -- not on the outbox.
     CREATE FUNCTION consent_sync.capture() RETURNS trigger
-    LANGUAGE plpgsql AS $fn$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     DECLARE
         new_row jsonb;
         old_row jsonb;

@@ -234,6 +234,20 @@ enum DeliveryStore {
         return try rows.first?.int("n") ?? 0
     }
 
+    /// Extends the leases of deliveries this instance is still working on, so that a request
+    /// or a slow write-back never lets another instance take them over.
+    static func renewLeases(owner: UUID, leases: [Int64: Duration], on connection: PostgresConnection) async throws {
+        let entries = Array(leases)
+        try await connection.query(
+            """
+            UPDATE consent_sync.deliveries d SET lease_expires_at = now() + make_interval(secs => l.seconds)
+            FROM unnest($2::bigint[], $3::double precision[]) AS l(id, seconds)
+            WHERE d.id = l.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid
+            """,
+            [owner.uuidString, postgresArray(entries.map { String($0.key) }), postgresArray(entries.map { String($0.value.seconds) })]
+        )
+    }
+
     /// Gives back leases this instance holds but will not finish (shutdown).
     static func releaseLeases(owner: UUID, ids: [Int64], on connection: PostgresConnection) async throws {
         guard !ids.isEmpty else { return }

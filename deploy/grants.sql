@@ -1,0 +1,10 @@
+-- Step 2 of 2, as consent_sync_owner, after 'consent-sync migrate' (re-run after upgrades;
+-- it is idempotent):
+--   psql -v ON_ERROR_STOP=1 -v app=app_role -f deploy/grants.sql
+-- The capture trigger runs with its owner's rights (SECURITY DEFINER), so the application's
+-- role needs no rights on the outbox: only on the consent table it writes.
+GRANT USAGE ON SCHEMA consent_sync TO consent_sync;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA consent_sync TO consent_sync;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA consent_sync TO consent_sync;
+GRANT USAGE ON SCHEMA consent_sync TO :"app";
+GRANT SELECT, INSERT, UPDATE, DELETE ON consent_sync.consents TO :"app";
