@@ -67,6 +67,7 @@ public struct SystemdNotifier: Sendable {
         self.init(address: socketPath.map(Address.path), watchdogInterval: watchdogInterval)
     }
 
+    /// A notifier for an explicit address (nil: disabled) and watchdog interval.
     public init(address: Address?, watchdogInterval: Duration?) {
         self.address = address
         self.watchdogInterval = watchdogInterval
@@ -165,6 +166,7 @@ public struct SystemdNotifier: Sendable {
 
 /// A notification that could not be sent. Harmless to the daemon's work; worth a warning.
 public struct SystemdNotifierError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong.
     public enum Code: Sendable, Hashable {
         case addressTooLong
         case socketFailed

@@ -2,6 +2,7 @@ import ArgumentParser
 import ConsentSyncCore
 import ConsentSyncEngine
 import ConsentSyncHTTP
+import ConsentSyncLogging
 import ConsentSyncPostgres
 import Foundation
 import Logging
@@ -26,13 +27,12 @@ func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
 
-func bootstrapLogging(level: Logger.Level) -> Logger {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-    return Logger(label: "consent-sync")
+/// Installs our log handler (logfmt or JSON on stderr, journald priorities under systemd)
+/// once per process, and returns the control that changes the level on reload.
+@discardableResult
+func bootstrapLogging(_ configuration: AppConfiguration) -> (Logger, LogLevelControl) {
+    let control = configuration.log.bootstrap()
+    return (Logger(label: "consent-sync"), control)
 }
 
 /// Runs `body` with a connection, turning database errors into a clear message and exit 1.
@@ -65,7 +65,7 @@ struct MigrateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try await loadConfiguration(options)
-        let logger = bootstrapLogging(level: configuration.logLevel)
+        let (logger, _) = bootstrapLogging(configuration)
         let result = try await withDatabase(configuration, logger: logger) { try await Migrator.migrate($0, logger: logger) }
         if result.from == result.to {
             print("schema consent_sync is up to date (version \(result.to))")
@@ -85,7 +85,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try await loadConfiguration(options)
-        let logger = bootstrapLogging(level: configuration.logLevel)
+        let (logger, _) = bootstrapLogging(configuration)
         let report = try await withDatabase(configuration, logger: logger) { connection in
             try await Migrator.requireCurrent(connection)
             return try await StatusReport.load(on: connection)

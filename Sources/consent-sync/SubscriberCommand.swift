@@ -45,7 +45,7 @@ struct SubscriberCommand: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await loadConfiguration(options)
-            let logger = bootstrapLogging(level: configuration.logLevel)
+            let (logger, _) = bootstrapLogging(configuration)
             let secret: SigningSecret
             if let secretFile {
                 guard let data = FileManager.default.contents(atPath: secretFile) else {
@@ -91,7 +91,7 @@ struct SubscriberCommand: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await loadConfiguration(options)
-            let logger = bootstrapLogging(level: configuration.logLevel)
+            let (logger, _) = bootstrapLogging(configuration)
             let subscribers = try await withDatabase(configuration, logger: logger) { connection in
                 try await Migrator.requireCurrent(connection)
                 return try await SubscriberStore.all(on: connection)
@@ -120,7 +120,7 @@ struct SubscriberCommand: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await loadConfiguration(options)
-            let logger = bootstrapLogging(level: configuration.logLevel)
+            let (logger, _) = bootstrapLogging(configuration)
             let removed = try await withDatabase(configuration, logger: logger) { connection in
                 try await Migrator.requireCurrent(connection)
                 return try await SubscriberStore.remove(name: name, force: force, on: connection)

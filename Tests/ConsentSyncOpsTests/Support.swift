@@ -173,6 +173,7 @@ func parsePrometheusText(_ text: String) throws -> [ParsedSample] {
 /// (swift-nio's datagram channel cannot take datagrams from an unbound Unix socket, which is
 /// what every sd_notify client sends from.)
 final class NotifySocket: Sendable {
+    /// The socket file, or the abstract name (without the leading NUL) when bound in the abstract namespace.
     let path: String
     private let process: Process
     private let stdin: Pipe
@@ -195,9 +196,9 @@ final class NotifySocket: Sendable {
 
     private static let script = """
     import json, os, select, socket, sys
-    path = sys.argv[1]
+    path, abstract = sys.argv[1], sys.argv[2] == "abstract"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(path)
+    server.bind("\\0" + path if abstract else path)
     sys.stdout.write("\\n")
     sys.stdout.flush()
     try:
@@ -209,7 +210,8 @@ final class NotifySocket: Sendable {
                 sys.stdout.write(json.dumps(server.recv(65536).decode("utf-8", "replace")) + "\\n")
                 sys.stdout.flush()
     finally:
-        os.unlink(path)
+        if not abstract:
+            os.unlink(path)
     """
 
     private init(path: String, process: Process, stdin: Pipe, inbox: Inbox) {
@@ -219,12 +221,13 @@ final class NotifySocket: Sendable {
         self.inbox = inbox
     }
 
-    static func bind() async throws -> NotifySocket {
-        let path = NSTemporaryDirectory() + "cs-notify-\(UInt32.random(in: .min ... .max)).sock"
+    static func bind(abstract: Bool = false) async throws -> NotifySocket {
+        let name = "cs-notify-\(UInt32.random(in: .min ... .max)).sock"
+        let path = abstract ? "consent-sync-test/" + name : NSTemporaryDirectory() + name
         let inbox = Inbox()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, path]
+        process.arguments = ["python3", "-c", script, path, abstract ? "abstract" : "path"]
         let stdin = Pipe(), stdout = Pipe()
         process.standardInput = stdin
         process.standardOutput = stdout

@@ -60,6 +60,15 @@ import Testing
         await socket.close()
     }
 
+    @Test func aDatagramArrivesAtAnAbstractSocket() async throws {
+        let socket = try await NotifySocket.bind(abstract: true)
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": "@" + socket.path], processID: 1)
+        try notifier.send(.stopping)
+        try await waitUntil("the datagram arrived") { !socket.datagrams.isEmpty }
+        #expect(socket.datagrams == ["STOPPING=1"])
+        await socket.close()
+    }
+
     @Test func sendingToAMissingSocketFails() throws {
         let notifier = SystemdNotifier(socketPath: "/nonexistent/consent-sync-\(UInt32.random(in: 0 ... .max)).sock")
         let error = #expect(throws: SystemdNotifierError.self) { try notifier.send(.ready) }

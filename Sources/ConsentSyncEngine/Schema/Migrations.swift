@@ -15,6 +15,7 @@ public enum Migrations {
 
     public static var latestVersion: Int { all.last?.version ?? 0 }
 
+    /// Every migration, in order. Each version lives in its own file (`Migrations+V2.swift`, …).
     public static let all: [Migration] = [
         Migration(version: 1, name: "outbox, subscribers, deliveries, attempts, default consent table", sql: v1),
     ]
