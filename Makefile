@@ -18,7 +18,10 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
+# The quick-start demo end to end (non-interactive), so that the README's first command
+# is checked too, then every test against a throwaway PostgreSQL.
 test: deps
+	DEMO_EXIT=1 scripts/demo.sh
 	scripts/with-postgres.sh $(SWIFT) test $(TEST_FLAGS)
 
 demo: deps

@@ -6,11 +6,16 @@ import Synchronization
 ///
 /// One multi handle, driven by its own thread, runs every transfer and keeps
 /// idle connections for reuse (keep-alive, HTTP/2 multiplexing over TLS).
-/// Redirects are returned, never followed; only http and https are allowed;
-/// proxies come from ``Configuration/proxy`` alone, never the environment.
+/// Redirects are returned, never followed; only the schemes in
+/// ``Configuration/allowedSchemes`` (http and https at most) are used;
+/// proxies come from ``Configuration/proxy`` alone, never the environment;
+/// ``Configuration/addressPolicy`` guards every connection against SSRF;
+/// certificates are always verified.
 public final class HTTPClient: Sendable {
     private let loop: CurlMultiLoop
     private let nextRequestID = Atomic<UInt64>(0)
+    private let settings: Configuration
+    private let currentAddressPolicy: Mutex<AddressPolicy?>
 
     /// `curl_global_init` must run once per process, before any other libcurl
     /// call; a static `let` initialiser runs exactly once, thread-safely.
@@ -21,7 +26,30 @@ public final class HTTPClient: Sendable {
 
     public init(configuration: Configuration = .init(), logger: Logger) {
         Self.globalInit
+        self.settings = configuration
+        self.currentAddressPolicy = Mutex(configuration.addressPolicy)
         self.loop = CurlMultiLoop(configuration: configuration, logger: logger)
+    }
+
+    /// The configuration in force, with the current ``addressPolicy``; its
+    /// ``Configuration/check(url:)`` checks a URL the way ``send(_:)`` would.
+    public var configuration: Configuration {
+        var configuration = self.settings
+        configuration.addressPolicy = self.addressPolicy
+        return configuration
+    }
+
+    /// The address policy applied to requests sent from now on.
+    public var addressPolicy: AddressPolicy? {
+        self.currentAddressPolicy.withLock { $0 }
+    }
+
+    /// Replaces the address policy (on a configuration reload, say). Applies
+    /// to every request sent afterwards, including those that reuse a
+    /// connection opened under the old policy: the connected address is checked
+    /// again before each request.
+    public func updateAddressPolicy(_ policy: AddressPolicy?) {
+        self.currentAddressPolicy.withLock { $0 = policy }
     }
 
     deinit {
@@ -39,12 +67,20 @@ public final class HTTPClient: Sendable {
     /// `validating: false` skips the Swift-side checks so tests can prove that
     /// libcurl's own options (allowed protocols, say) hold on their own.
     func send(_ request: HTTPRequest, validating: Bool) async throws -> HTTPResponse {
+        let policy = self.addressPolicy
         if validating {
-            try request.validate()
+            try request.validate(self.settings)
+            if let policy, self.settings.proxy != nil {
+                // The proxy connects onward; only a literal address can be checked here.
+                if let address = try CurlURL(request.url).literalAddress {
+                    try HTTPClient.Configuration.check(address, against: policy)
+                }
+            }
         }
         let pending = PendingRequest(
             id: self.nextRequestID.add(1, ordering: .relaxed).newValue,
-            request: request
+            request: request,
+            addressPolicy: policy
         )
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in

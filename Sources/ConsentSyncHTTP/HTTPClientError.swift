@@ -22,14 +22,15 @@ public struct HTTPClientError: Error, CustomStringConvertible, Sendable {
         public static let dnsFailed = Code(.dnsFailed)
         /// TLS handshake or certificate verification failed.
         public static let tlsFailed = Code(.tlsFailed)
-        /// The URL's scheme is not http or https.
+        /// The URL's scheme is not allowed (see ``HTTPClient/Configuration/allowedSchemes``).
         public static let protocolNotAllowed = Code(.protocolNotAllowed)
         /// The URL could not be parsed.
         public static let invalidURL = Code(.invalidURL)
-        /// The request itself is malformed (method, header names or values, limits).
+        /// The request itself is malformed (method, header names or values, TLS
+        /// options) or over a limit (body size).
         public static let invalidRequest = Code(.invalidRequest)
-        /// The target resolved to a private or loopback address and
-        /// ``HTTPClient/Configuration/blockPrivateAddresses`` is on.
+        /// The address connected to (or about to be) is refused by
+        /// ``HTTPClient/Configuration/addressPolicy``; see ``HTTPClientError/refusal``.
         public static let addressBlocked = Code(.addressBlocked)
         /// Writing the request failed.
         public static let sendFailed = Code(.sendFailed)
@@ -82,12 +83,15 @@ public struct HTTPClientError: Error, CustomStringConvertible, Sendable {
     /// Timeouts, connect, DNS, TLS, send and receive failures are retryable;
     /// invalid requests and refused schemes or addresses are not.
     public var isRetryable: Bool
+    /// For ``Code/addressBlocked``: the address refused and the rule that refused it.
+    public var refusal: AddressRefusal?
 
-    public init(code: Code, message: String, curlCode: Int = 0, isRetryable: Bool? = nil) {
+    public init(code: Code, message: String, curlCode: Int = 0, isRetryable: Bool? = nil, refusal: AddressRefusal? = nil) {
         self.code = code
         self.message = message
         self.curlCode = curlCode
         self.isRetryable = isRetryable ?? code.isRetryable
+        self.refusal = refusal
     }
 
     /// For example "connection failed: Failed to connect to 127.0.0.1 port 9 after 0 ms: Couldn't connect to server".

@@ -13,6 +13,12 @@ public struct HTTPRequest: Sendable {
     public var connectTimeout: Duration
     /// How much of the response body to keep; the rest is read and dropped.
     public var maxResponseBytes: Int
+    /// CA bundle and client certificate for an `https://` URL; nil: the
+    /// system's CA store and no client certificate.
+    public var tls: TLSOptions?
+    /// Test seam: `CURLOPT_RESOLVE` entries ("host:port:address") that pin a
+    /// host name to addresses without asking DNS.
+    var resolveOverrides: [String] = []
 
     public init(
         url: String,
@@ -21,7 +27,8 @@ public struct HTTPRequest: Sendable {
         body: [UInt8] = [],
         timeout: Duration = .seconds(10),
         connectTimeout: Duration = .seconds(5),
-        maxResponseBytes: Int = 4096
+        maxResponseBytes: Int = 4096,
+        tls: TLSOptions? = nil
     ) {
         self.url = url
         self.method = method
@@ -30,6 +37,7 @@ public struct HTTPRequest: Sendable {
         self.timeout = timeout
         self.connectTimeout = connectTimeout
         self.maxResponseBytes = maxResponseBytes
+        self.tls = tls
     }
 
     public init(
@@ -39,7 +47,8 @@ public struct HTTPRequest: Sendable {
         body: [UInt8] = [],
         timeout: Duration = .seconds(10),
         connectTimeout: Duration = .seconds(5),
-        maxResponseBytes: Int = 4096
+        maxResponseBytes: Int = 4096,
+        tls: TLSOptions? = nil
     ) {
         self.init(
             url: url,
@@ -48,28 +57,24 @@ public struct HTTPRequest: Sendable {
             body: body,
             timeout: timeout,
             connectTimeout: connectTimeout,
-            maxResponseBytes: maxResponseBytes
+            maxResponseBytes: maxResponseBytes,
+            tls: tls
         )
     }
 }
 
 extension HTTPRequest {
     /// Rejects what curl would send verbatim or misread: control characters
-    /// (header injection), schemes other than HTTP(S), empty limits.
-    /// Messages name the offending header, never its value.
-    func validate() throws(HTTPClientError) {
+    /// (header injection), schemes `configuration` does not allow, bodies over
+    /// its limit, empty limits. Messages name the offending header, never its value.
+    func validate(_ configuration: HTTPClient.Configuration) throws(HTTPClientError) {
         if self.url.utf8.contains(where: { $0 < 0x21 || $0 == 0x7F }) {
             throw HTTPClientError(code: .invalidURL, message: "the URL contains whitespace or control characters")
         }
         guard let scheme = Self.scheme(of: self.url) else {
             throw HTTPClientError(code: .invalidURL, message: "the URL has no scheme; use http:// or https://")
         }
-        guard scheme == "http" || scheme == "https" else {
-            throw HTTPClientError(
-                code: .protocolNotAllowed,
-                message: "scheme '\(scheme)' is not allowed; only http and https are"
-            )
-        }
+        try configuration.checkScheme(scheme)
         guard !self.method.isEmpty, self.method.utf8.allSatisfy(isTokenCharacter) else {
             throw HTTPClientError(code: .invalidRequest, message: "the method is not an HTTP token")
         }
@@ -90,6 +95,13 @@ extension HTTPRequest {
         guard self.maxResponseBytes >= 0 else {
             throw HTTPClientError(code: .invalidRequest, message: "maxResponseBytes must not be negative")
         }
+        guard self.body.count <= configuration.maxRequestBodyBytes else {
+            throw HTTPClientError(
+                code: .invalidRequest,
+                message: "body of \(self.body.count) bytes exceeds the limit of \(configuration.maxRequestBodyBytes) bytes"
+            )
+        }
+        try self.tls?.validate()
     }
 
     /// The lowercased RFC 3986 scheme, or nil when `url` does not start with one.

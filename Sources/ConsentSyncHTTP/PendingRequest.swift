@@ -6,6 +6,8 @@ import Synchronization
 final class PendingRequest: Sendable {
     let id: UInt64
     let request: HTTPRequest
+    /// The client's address policy when the request was sent.
+    let addressPolicy: AddressPolicy?
     private let state = Mutex(State.initial)
 
     private enum State {
@@ -17,9 +19,10 @@ final class PendingRequest: Sendable {
         case finished
     }
 
-    init(id: UInt64, request: HTTPRequest) {
+    init(id: UInt64, request: HTTPRequest, addressPolicy: AddressPolicy?) {
         self.id = id
         self.request = request
+        self.addressPolicy = addressPolicy
     }
 
     /// Installs the continuation. Returns false, having already failed it,

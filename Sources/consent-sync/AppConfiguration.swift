@@ -164,6 +164,7 @@ extension ConfigLoader {
         }
 
         var relay = Relay.Configuration()
+        relay.listen = self.boolean("relay.listen", default: relay.listen)
         relay.pollInterval = self.milliseconds("relay.poll_interval_ms", default: relay.pollInterval, in: 10...3_600_000)
         relay.fanOutBatchSize = self.integer("relay.fan_out_batch_size", default: relay.fanOutBatchSize, in: 1...100_000)
         relay.claimBatchSize = self.integer("relay.claim_batch_size", default: relay.claimBatchSize, in: 1...10_000)

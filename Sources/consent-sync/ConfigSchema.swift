@@ -5,6 +5,7 @@ enum ConfigSchema {
     static let keys: [String] = [
         "database.url",
         "database.password_file",
+        "relay.listen",
         "relay.poll_interval_ms",
         "relay.fan_out_batch_size",
         "relay.claim_batch_size",

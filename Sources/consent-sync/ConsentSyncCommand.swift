@@ -11,6 +11,8 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             RunCommand.self,
             MigrateCommand.self,
             SubscriberCommand.self,
+            DeliveriesCommand.self,
+            ReplayCommand.self,
             StatusCommand.self,
             ReceiveCommand.self,
             CheckConfigCommand.self,

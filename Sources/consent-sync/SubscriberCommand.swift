@@ -2,12 +2,13 @@ import ArgumentParser
 import ConsentSyncCore
 import ConsentSyncEngine
 import Foundation
+import Logging
 
 struct SubscriberCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "subscriber",
-        abstract: "Register, list and remove downstream systems.",
-        subcommands: [Add.self, List.self, Remove.self]
+        abstract: "Register, list, pause, disable and remove downstream systems.",
+        subcommands: [Add.self, List.self, Remove.self, Pause.self, Resume.self, Disable.self, Enable.self]
     )
 
     struct Add: AsyncParsableCommand {
@@ -94,17 +95,29 @@ struct SubscriberCommand: AsyncParsableCommand {
             let (logger, _) = bootstrapLogging(configuration)
             let subscribers = try await withDatabase(configuration, logger: logger) { connection in
                 try await Migrator.requireCurrent(connection)
-                return try await SubscriberStore.all(on: connection)
+                return try await SubscriberStore.listing(on: connection)
             }
             let rows = subscribers.map { subscriber in
                 [
-                    subscriber.name, subscriber.enabled ? "enabled" : "disabled", subscriber.url,
+                    subscriber.name, subscriber.state.rawValue, subscriber.url,
                     subscriber.purposes?.joined(separator: ",") ?? "*",
                     subscriber.eventTypes?.joined(separator: ",") ?? "*",
                     String(subscriber.limits.maxInFlight), "\(subscriber.limits.timeout.milliseconds)ms",
+                    Self.why(subscriber),
                 ]
             }
-            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT"], rows: rows))
+            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT", "REASON"], rows: rows))
+        }
+
+        /// "410 Gone from receiver (by consent-sync (410 Gone), since 2026-11-29T10:15:02Z)" for a
+        /// paused or disabled subscriber, "-" for an enabled one.
+        static func why(_ subscriber: SubscriberStore.Listing) -> String {
+            guard subscriber.state != .enabled else { return "-" }
+            var details: [String] = []
+            if let actor = subscriber.stateChangedBy { details.append("by \(actor)") }
+            if let since = subscriber.stateChangedAt { details.append("since \(TimeWindow.format(since))") }
+            let reason = subscriber.stateReason ?? "no reason given"
+            return details.isEmpty ? reason : "\(reason) (\(details.joined(separator: ", ")))"
         }
     }
 
@@ -132,5 +145,120 @@ struct SubscriberCommand: AsyncParsableCommand {
             print("removed subscriber \(name)")
         }
     }
+
+    struct Pause: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop sending to a subscriber for a while. Its changes keep queuing and are sent, in order, after 'resume'."
+        )
+
+        @OptionGroup var options: ConfigOptions
+        @OptionGroup var change: StateChangeOptions
+
+        func validate() throws { try change.validate() }
+
+        func run() async throws { try await change.apply(.pause, options: options) }
+    }
+
+    struct Resume: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send to a paused subscriber again, starting with the changes queued while it was paused."
+        )
+
+        @OptionGroup var options: ConfigOptions
+        @OptionGroup var change: StateChangeOptions
+
+        func validate() throws { try change.validate() }
+
+        func run() async throws { try await change.apply(.resume, options: options) }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop sending to a subscriber until it is enabled again. Its changes keep queuing; nothing is dropped."
+        )
+
+        @OptionGroup var options: ConfigOptions
+        @OptionGroup var change: StateChangeOptions
+
+        func validate() throws { try change.validate() }
+
+        func run() async throws { try await change.apply(.disable, options: options) }
+    }
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send to a disabled or paused subscriber again, starting with the changes queued meanwhile."
+        )
+
+        @OptionGroup var options: ConfigOptions
+        @OptionGroup var change: StateChangeOptions
+
+        func validate() throws { try change.validate() }
+
+        func run() async throws { try await change.apply(.enable, options: options) }
+    }
 }
 
+/// The arguments of `subscriber pause|resume|enable|disable`, and what they do.
+struct StateChangeOptions: ParsableArguments {
+    @Argument(help: "The subscriber's name.")
+    var name: String
+
+    @Option(help: "Why (one line, at most 500 characters): recorded with the change and shown by 'subscriber list'.")
+    var reason: String?
+
+    func validate() throws {
+        do {
+            _ = try SubscriberStateError.checkedReason(reason)
+        } catch {
+            throw ValidationError("--reason: \(error.message)")
+        }
+    }
+
+    /// Applies `action`, records it as done by this operator, logs it and says what happened.
+    func apply(_ action: SubscriberState.Action, options: ConfigOptions) async throws {
+        let configuration = try await loadConfiguration(options)
+        let (logger, _) = bootstrapLogging(configuration)
+        let actor = operatorActor()
+        let change = try await withDatabase(configuration, logger: logger) { connection in
+            try await Migrator.requireCurrent(connection)
+            return try await SubscriberStore.changeState(name: name, action: action, reason: reason, actor: actor, on: connection)
+        }
+        guard change.changed else {
+            print("\(name) is already \(change.to.rawValue); nothing changed")
+            return
+        }
+        var metadata: Logger.Metadata = [
+            "subscriber": "\(name)", "from": "\(change.from.rawValue)", "to": "\(change.to.rawValue)", "actor": "\(actor)",
+        ]
+        if let reason = change.reason { metadata["reason"] = "\(reason)" }
+        logger.notice("subscriber \(Self.pastTense(action))", metadata: metadata)
+        switch change.to {
+        case .enabled:
+            print("\(Self.pastTense(action)) \(name): its queued changes are sent in order (running daemons notice within relay.poll_interval_ms)")
+        case .paused:
+            print("paused \(name): no requests until 'consent-sync subscriber resume \(name)'; its changes keep queuing")
+        case .disabled:
+            print("disabled \(name): no requests until 'consent-sync subscriber enable \(name)'; its changes keep queuing")
+        }
+    }
+
+    static func pastTense(_ action: SubscriberState.Action) -> String {
+        switch action {
+        case .pause: "paused"
+        case .resume: "resumed"
+        case .enable: "enabled"
+        case .disable: "disabled"
+        }
+    }
+}
+
+/// Who runs this command, for the audit trail: `operator (alice)`; under sudo, the user who
+/// called sudo.
+func operatorActor() -> String {
+    let environment = ProcessInfo.processInfo.environment
+    guard let user = environment["SUDO_USER"] ?? environment["USER"] ?? environment["LOGNAME"], !user.isEmpty else {
+        return "operator"
+    }
+    return "operator (\(user.prefix(64)))"
+}

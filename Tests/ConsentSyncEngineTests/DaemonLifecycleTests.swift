@@ -139,3 +139,35 @@ struct DaemonLifecycleTests {
         }
     }
 }
+
+extension DaemonLifecycleTests {
+    @Test func sighupChangesTheLogLevel() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("verbose", url: receiver.url, on: database)
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("consent-sync-\(UUID().uuidString).yaml")
+            defer { try? FileManager.default.removeItem(at: file) }
+            try "log:\n  level: info\n".write(to: file, atomically: true, encoding: .utf8)
+            var environment = Self.environment(database)
+            environment["CONSENT_SYNC_LOG_LEVEL"] = nil
+            let daemon = try DaemonProcess(["run", "--config", file.path], environment: environment)
+            try await daemon.waitForLog("relay connected")
+
+            // "delivered" is logged at debug: not shown at info.
+            try await ConsentWriter(database: database).set("before", "email", .granted)
+            try await receiver.waitForRequests(count: 1)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(!daemon.stderr.contains("msg=delivered"))
+
+            try "log:\n  level: debug\n".write(to: file, atomically: true, encoding: .utf8)
+            daemon.signal(SIGHUP)
+            try await daemon.waitForLog("configuration reloaded")
+            try await ConsentWriter(database: database).set("after", "email", .granted)
+            try await receiver.waitForRequests(count: 2)
+            try await daemon.waitForLog("msg=delivered")
+            daemon.signal(SIGTERM)
+            #expect(try await daemon.waitForExit() == 0)
+        }
+    }
+}

@@ -274,10 +274,10 @@ struct HTTPClientTests {
         }
     }
 
-    @Test("blockPrivateAddresses refuses loopback targets at connect time")
+    @Test("the strict address policy refuses loopback targets at connect time")
     func blocksPrivateAddresses() async throws {
         try await withReceiver { receiver in
-            try await withClient(.init(blockPrivateAddresses: true)) { client in
+            try await withClient(.init(addressPolicy: .strict)) { client in
                 for url in [receiver.url, "http://localhost:\(receiver.port)/hook"] {
                     let error = await httpError { try await client.send(HTTPRequest(url: url)) }
                     #expect(error?.code == .addressBlocked)

@@ -1,3 +1,4 @@
+import CCurl
 import Testing
 
 @testable import ConsentSyncHTTP
@@ -22,6 +23,19 @@ struct HTTPClientUnitTests {
     func curlCodeMapping(curlCode: Int, code: HTTPClientError.Code, retryable: Bool) {
         #expect(HTTPClientError.Code.forCurlCode(curlCode) == code)
         #expect(HTTPClientError(code: code, message: "m", curlCode: curlCode).isRetryable == retryable)
+    }
+
+    @Test("a TLS alert on the first read or write is a TLS failure", arguments: [
+        (56, "OpenSSL SSL_read: OpenSSL/3.0.19: error:0A00045C:SSL routines::tlsv13 alert certificate required, errno 0", HTTPClientError.Code.tlsFailed),
+        (55, "OpenSSL SSL_write: error:0A000418:SSL routines::tlsv1 alert unknown ca, errno 0", .tlsFailed),
+        (56, "Recv failure: Connection reset by peer", .receiveFailed),
+        (55, "Send failure: Broken pipe", .sendFailed),
+        (7, "SSL routines alert but a connect failure", .connectFailed),
+    ])
+    func tlsAlerts(curlCode: Int, message: String, code: HTTPClientError.Code) {
+        let error = HTTPClientError(curlCode: CURLcode(rawValue: UInt32(curlCode)), errorBuffer: message)
+        #expect(error.code == code)
+        #expect(error.message == message)
     }
 
     @Test func errorDescription() {
@@ -70,20 +84,22 @@ struct HTTPClientUnitTests {
         )
     }
 
-    @Test("the address guard refuses non-public addresses", arguments: [
+    @Test("the strict address policy refuses non-public addresses", arguments: [
         "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
         "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "::1", "fe80::1", "fc00::1", "fd12::1",
-        "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::", "not-an-address",
+        "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::",
     ])
-    func refusedAddresses(address: String) {
-        #expect(HTTPClient.Configuration.refuses(address: address))
+    func refusedAddresses(address: String) throws {
+        let ip = try #require(IPAddress(address))
+        #expect(!AddressPolicy.strict.verdict(for: ip).isAllowed)
     }
 
-    @Test("the address guard lets public addresses through", arguments: [
+    @Test("the strict address policy lets public addresses through", arguments: [
         "93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "192.169.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
     ])
-    func allowedAddresses(address: String) {
-        #expect(!HTTPClient.Configuration.refuses(address: address))
+    func allowedAddresses(address: String) throws {
+        let ip = try #require(IPAddress(address))
+        #expect(AddressPolicy.strict.verdict(for: ip) == .publicAddress)
     }
 
     @Test func headerLookupIsCaseInsensitive() {

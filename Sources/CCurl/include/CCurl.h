@@ -30,17 +30,26 @@ typedef size_t (*ccurl_data_callback)(char *data, size_t size, size_t count, voi
 CURLcode ccurl_easy_setopt_write_function(CURL *handle, ccurl_data_callback callback);
 CURLcode ccurl_easy_setopt_header_function(CURL *handle, ccurl_data_callback callback);
 
-/// Installs CURLOPT_OPENSOCKETFUNCTION and CURLOPT_PREREQFUNCTION callbacks
-/// that refuse loopback, private, link-local, unique-local, multicast and
-/// reserved addresses (IPv4, IPv6 and IPv4-mapped/NAT64 IPv6). Checking at
-/// connect time, on the address actually used, also defeats DNS rebinding.
-/// When a connection is refused, `*blocked` is set to 1 (it must outlive the
-/// easy handle's transfers).
-CURLcode ccurl_easy_set_address_guard(CURL *handle, int *blocked);
+/// Signature of CURLOPT_OPENSOCKETFUNCTION (`curl_opensocket_callback`).
+typedef curl_socket_t (*ccurl_opensocket_callback)(void *clientp, curlsocktype purpose, struct curl_sockaddr *address);
 
-/// 1 when `text` is a numeric IPv4/IPv6 address in a refused range, else 0.
-/// Exposed for unit tests.
-int ccurl_address_is_refused(const char *text);
+/// Signature of CURLOPT_PREREQFUNCTION (`curl_prereq_callback`, libcurl >= 7.80).
+typedef int (*ccurl_prereq_callback)(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+                                     int conn_primary_port, int conn_local_port);
+
+CURLcode ccurl_easy_setopt_opensocket_function(CURL *handle, ccurl_opensocket_callback callback);
+CURLcode ccurl_easy_setopt_prereq_function(CURL *handle, ccurl_prereq_callback callback);
+
+/// Copies the IP address of `address` into `bytes` in network order and
+/// returns its length: 4 (IPv4), 16 (IPv6), or 0 for any other family.
+///
+/// `address->addr` is declared as a `struct sockaddr` but libcurl stores the
+/// whole `sockaddr_in6` there, which Swift cannot see through the declared type.
+int ccurl_sockaddr_ip(const struct curl_sockaddr *address, unsigned char bytes[16]);
+
+/// What libcurl itself does when no open-socket callback is set:
+/// `socket(family, socktype, protocol)`, here with `SOCK_CLOEXEC`.
+curl_socket_t ccurl_open_socket(const struct curl_sockaddr *address);
 
 // MARK: - curl_easy_getinfo
 

@@ -23,8 +23,21 @@ public struct Subscriber: Sendable, Equatable {
     public var purposes: [String]?
     /// Only these event types (`consent.withdrawn`, …); `nil` for all.
     public var eventTypes: [String]?
-    public var enabled: Bool
+    /// Whether the relay sends to it now; paused and disabled subscribers only collect deliveries.
+    public var state: SubscriberState
+    /// Why it is paused or disabled, as given by whoever did it; `nil` when enabled.
+    public var stateReason: String?
     public var limits: Limits
+
+    /// True when the relay may send to this subscriber (`state == .enabled`). Setting it to
+    /// false disables an enabled subscriber; setting it to true enables it.
+    public var enabled: Bool {
+        get { state == .enabled }
+        set {
+            guard newValue != enabled else { return }
+            state = newValue ? .enabled : .disabled
+        }
+    }
 
     public init(
         id: Int64,
@@ -36,14 +49,82 @@ public struct Subscriber: Sendable, Equatable {
         enabled: Bool = true,
         limits: Limits = Limits()
     ) {
+        self.init(
+            id: id, name: name, url: url, secrets: secrets, purposes: purposes, eventTypes: eventTypes,
+            state: enabled ? .enabled : .disabled, stateReason: nil, limits: limits
+        )
+    }
+
+    public init(
+        id: Int64,
+        name: String,
+        url: String,
+        secrets: [SigningSecret],
+        purposes: [String]? = nil,
+        eventTypes: [String]? = nil,
+        state: SubscriberState,
+        stateReason: String? = nil,
+        limits: Limits = Limits()
+    ) {
         self.id = id
         self.name = name
         self.url = url
         self.secrets = secrets
         self.purposes = purposes
         self.eventTypes = eventTypes
-        self.enabled = enabled
+        self.state = state
+        self.stateReason = stateReason
         self.limits = limits
+    }
+}
+
+/// Whether a subscriber receives requests.
+///
+/// Paused and disabled subscribers get none, but fan-out keeps creating their deliveries, so
+/// nothing is dropped while they are off; when they are on again everything is sent, in order.
+public enum SubscriberState: String, Sendable, Codable, CaseIterable {
+    /// Receives requests.
+    case enabled
+    /// Stopped by an operator for a while (`subscriber pause`); `subscriber resume` ends it.
+    case paused
+    /// Stopped by an operator, or by consent-sync when the receiver answered `410 Gone` or kept
+    /// failing; only `subscriber enable` ends it.
+    case disabled
+
+    /// An operator's or consent-sync's request to change the state.
+    public enum Action: String, Sendable, Codable, CaseIterable {
+        case pause
+        case resume
+        case enable
+        case disable
+    }
+
+    /// What an action does to a subscriber in this state.
+    public enum Transition: Sendable, Equatable {
+        /// The state becomes `to`.
+        case change(to: SubscriberState)
+        /// Already there: nothing to do, nothing to record.
+        case unchanged
+        /// Not allowed from this state; `reason` says what to do instead.
+        case refused(reason: String)
+    }
+
+    /// The rules: `pause` only stops an enabled subscriber and `resume` only restarts a paused
+    /// one, so that a subscriber disabled for a reason (such as `410 Gone`) is never started
+    /// again by a `resume` meant for a pause; `enable` and `disable` work from any state.
+    public func applying(_ action: Action) -> Transition {
+        switch (self, action) {
+        case (.enabled, .pause): .change(to: .paused)
+        case (.paused, .pause): .unchanged
+        case (.disabled, .pause): .refused(reason: "it is disabled, which already stops its requests; 'enable' it when it may receive again")
+        case (.paused, .resume): .change(to: .enabled)
+        case (.enabled, .resume): .unchanged
+        case (.disabled, .resume): .refused(reason: "it is disabled, not paused; check why, then use 'enable'")
+        case (.enabled, .enable): .unchanged
+        case (.paused, .enable), (.disabled, .enable): .change(to: .enabled)
+        case (.disabled, .disable): .unchanged
+        case (.enabled, .disable), (.paused, .disable): .change(to: .disabled)
+        }
     }
 }
 

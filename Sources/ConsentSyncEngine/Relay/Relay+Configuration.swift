@@ -3,6 +3,9 @@ import ConsentSyncCore
 extension Relay {
     /// How the relay paces itself. Every value has a default that suits production.
     public struct Configuration: Sendable {
+        /// LISTEN for wake-ups (with NOTIFY sent only while this daemon is idle). Off: poll
+        /// only, for setups where LISTEN cannot work (a transaction-pooling PgBouncer).
+        public var listen: Bool = true
         /// Safety net: look for work this often even without a notification.
         public var pollInterval: Duration = .seconds(2)
         /// Outbox rows turned into deliveries per transaction.

@@ -45,7 +45,11 @@ public final class Relay: Service {
     public func run() async throws {
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { await self.watch() }
+                if self.configuration.listen {
+                    group.addTask { await self.watch() }
+                } else {
+                    self.health.update { $0.listening = true }  // polling stands in for LISTEN
+                }
                 group.addTask { await self.janitor() }
                 try await self.pipeline()
                 group.cancelAll()
@@ -108,6 +112,9 @@ public final class Relay: Service {
                     live = try await PostgresConnection.connect(database.with("application_name", "consent-sync janitor"), logger: logger)
                     connection = live
                 }
+                if configuration.listen {
+                    try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
+                }
                 let renewals = leased.withLock { $0 }
                 if !renewals.isEmpty {
                     try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
@@ -146,6 +153,8 @@ public final class Relay: Service {
         var subscribers: [Int64: Subscriber] = [:]
         var subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
         var installationID = ""
+        /// This instance told the database it is idle (so the trigger NOTIFYs it).
+        var armed = false
 
         await withDiscardingTaskGroup { requests in
             while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
@@ -157,6 +166,10 @@ public final class Relay: Service {
                         db = try await PostgresConnection.connect(database, logger: logger)
                         try await Migrator.requireCurrent(db)
                         installationID = try await DeliveryStore.installationID(on: db)
+                        if configuration.listen {
+                            try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                        }
+                        armed = false
                         connection = db
                         health.update {
                             $0.databaseReady = true
@@ -172,9 +185,11 @@ public final class Relay: Service {
                         subscribersLoadedAt = .now
                     }
 
+                    var fannedOutTotal = 0
                     while true {
                         let fannedOut = try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes
                         metrics.fannedOut(fannedOut)
+                        fannedOutTotal += fannedOut
                         if fannedOut < configuration.fanOutBatchSize { break }
                     }
 
@@ -213,7 +228,22 @@ public final class Relay: Service {
                         $0.inFlight = inFlight
                         $0.subscribers = known
                     }
-                    if claimed.isEmpty && finished.withLock({ $0.isEmpty }) {
+                    let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                    if configuration.listen && armed && !idle {
+                        // Busy again: writers need not NOTIFY while this instance keeps looking.
+                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                        armed = false
+                    }
+                    if idle && configuration.listen && !armed {
+                        // Arm, then look once more before sleeping: a change committed before the
+                        // flag was visible did not NOTIFY, but this round finds it. (One whose
+                        // trigger ran before the flag and that commits after this round is left
+                        // to the poll interval.)
+                        try await DeliveryStore.setIdle(true, instance: instanceID, on: db)
+                        armed = true
+                        continue
+                    }
+                    if idle {
                         await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
                     }
                 } catch {
@@ -254,6 +284,7 @@ public final class Relay: Service {
                 let db: PostgresConnection
                 if let leftover, leftover.isConnected { db = leftover } else { db = try await PostgresConnection.connect(database, logger: logger) }
                 try await recordFinished(&state, on: db)
+                try? await DeliveryStore.removeListener(instance: instanceID, on: db)
                 await db.close()
             } catch {
                 logger.error("could not record the last results; their leases will expire and they will be sent again", metadata: ["error": "\(error)"])

@@ -18,6 +18,7 @@ public enum Migrations {
     /// Every migration, in order. Each version lives in its own file (`Migrations+V2.swift`, …).
     public static let all: [Migration] = [
         Migration(version: 1, name: "outbox, subscribers, deliveries, attempts, default consent table", sql: v1),
+        Migration(version: 2, name: "subscriber states and events, dead-letter re-queue and replay", sql: v2),
     ]
 
     static let v1 = #"""
@@ -106,6 +107,13 @@ public enum Migrations {
     );
     CREATE INDEX attempts_by_delivery ON consent_sync.attempts (delivery_id, attempt);
 
+    -- Daemons that LISTEN, and whether each is idle (waiting for a NOTIFY) right now.
+    CREATE TABLE consent_sync.listeners (
+        instance_id uuid PRIMARY KEY,
+        idle        boolean     NOT NULL DEFAULT false,
+        seen_at     timestamptz NOT NULL DEFAULT now()
+    );
+
     -- The capture trigger, generic over the watched table's column names:
     --   TG_ARGV[0] subject column, [1] purpose column, [2] status column,
     --   [3] source column or '' , [4] comma-separated columns sent as attributes or '',
@@ -143,7 +151,11 @@ public enum Migrations {
             (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, kind,
              row_data ->> TG_ARGV[0], row_data ->> TG_ARGV[1], new_status, old_status,
              CASE WHEN TG_ARGV[3] <> '' THEN row_data ->> TG_ARGV[3] END, attrs);
-        PERFORM pg_notify('consent_sync', '');
+        -- NOTIFY takes a global lock at commit that serialises every notifying writer, so
+        -- only wake a daemon that has said it is idle; a busy one finds this row anyway.
+        IF EXISTS (SELECT 1 FROM consent_sync.listeners WHERE idle) THEN
+            PERFORM pg_notify('consent_sync', '');
+        END IF;
         RETURN NULL;
     END
     $fn$;

@@ -286,6 +286,37 @@ enum DeliveryStore {
         }
     }
 
+    /// Says whether this instance is idle: while any instance is, the capture trigger
+    /// NOTIFYs; while all are busy, it does not (and commits do not queue on NOTIFY's lock).
+    static func setIdle(_ idle: Bool, instance: UUID, on connection: PostgresConnection) async throws {
+        try await connection.query(
+            """
+            INSERT INTO consent_sync.listeners (instance_id, idle) VALUES ($1::uuid, $2::boolean)
+            ON CONFLICT (instance_id) DO UPDATE SET idle = excluded.idle, seen_at = now()
+            """,
+            [instance.uuidString, idle ? "true" : "false"]
+        )
+    }
+
+    /// Keeps this instance's row fresh and forgets instances not seen for `staleAfter`
+    /// (stopped or crashed: an idle flag left behind would only cost NOTIFYs).
+    static func touchListener(instance: UUID, staleAfter: Duration, on connection: PostgresConnection) async throws {
+        try await connection.query(
+            """
+            WITH touched AS (
+                UPDATE consent_sync.listeners SET seen_at = now() WHERE instance_id = $1::uuid
+            )
+            DELETE FROM consent_sync.listeners
+            WHERE seen_at < now() - make_interval(secs => $2::double precision) AND instance_id <> $1::uuid
+            """,
+            [instance.uuidString, String(staleAfter.seconds)]
+        )
+    }
+
+    static func removeListener(instance: UUID, on connection: PostgresConnection) async throws {
+        try await connection.query("DELETE FROM consent_sync.listeners WHERE instance_id = $1::uuid", [instance.uuidString])
+    }
+
     static func installationID(on connection: PostgresConnection) async throws -> String {
         let rows = try await connection.query("SELECT value FROM consent_sync.meta WHERE key = 'installation_id'")
         return try rows.first.orThrow("consent_sync.meta has no installation_id; run 'consent-sync migrate'").string("value")

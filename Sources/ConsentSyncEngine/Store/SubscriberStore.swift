@@ -59,13 +59,14 @@ public enum SubscriberStore {
         }
     }
 
-    /// All subscribers, with their secrets (for the relay; never print these).
+    /// All subscribers, with their secrets (for the relay; never print these). Paused and
+    /// disabled ones are included, with ``Subscriber/enabled`` false.
     public static func all(on connection: PostgresConnection) async throws -> [Subscriber] {
         let rows = try await connection.query(
             """
             SELECT id, name, url, array_to_json(secrets)::text AS secrets,
                    array_to_json(purposes)::text AS purposes, array_to_json(event_types)::text AS event_types,
-                   enabled, max_in_flight, timeout_ms
+                   state, state_reason, max_in_flight, timeout_ms
             FROM consent_sync.subscribers ORDER BY name
             """
         )
@@ -85,7 +86,8 @@ public enum SubscriberStore {
                 secrets: parsed,
                 purposes: try decodeArray(row.optionalString("purposes")),
                 eventTypes: try decodeArray(row.optionalString("event_types")),
-                enabled: try row.bool("enabled"),
+                state: try state(row),
+                stateReason: row.optionalString("state_reason"),
                 limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms")))
             )
         }
@@ -112,6 +114,12 @@ public enum SubscriberStore {
             try await connection.query("DELETE FROM consent_sync.subscribers WHERE id = $1::bigint", [try row.string("id")])
             return true
         }
+    }
+
+    /// The `state` column of `row` as a ``SubscriberState``.
+    static func state(_ row: PostgresRow, column: String = "state") throws -> SubscriberState {
+        let text = try row.string(column)
+        return try SubscriberState(rawValue: text).orThrow("unknown subscriber state '\(text)' in column \(column)")
     }
 
     static func decodeArray(_ json: String?) throws -> [String]? {

@@ -9,12 +9,35 @@ final class CurlTransfer {
     let pending: PendingRequest
     let easy: UnsafeMutableRawPointer
     private var headerList: UnsafeMutablePointer<curl_slist>?
+    private var resolveList: UnsafeMutablePointer<curl_slist>?
     private let errorBuffer: UnsafeMutablePointer<CChar>
-    private let addressBlocked: UnsafeMutablePointer<CInt>
     private let maxResponseBytes: Int
+    private let maxResponseHeaderBytes: Int
     private var body: [UInt8] = []
     private var bodyBytesReceived = 0
+    private var headerBytesReceived = 0
+    private var headerLimitExceeded = false
     private var head = ResponseHeadParser()
+    /// Applied to every connection of this transfer; nil when there is no
+    /// policy or a proxy makes the onward connection.
+    private let addressPolicy: AddressPolicy?
+    private let connectOnlyToLoopback: Bool
+    private var checks = ConnectionChecks()
+
+    /// What the address checks saw, to explain a failed transfer.
+    private struct ConnectionChecks {
+        /// Addresses refused when curl was about to open a socket to them.
+        var refusedAtConnect: [AddressRefusal] = []
+        /// Sockets opened because the address passed.
+        var socketsOpened = 0
+        /// The connection's address was refused just before the request was
+        /// sent on it: a kept-alive connection opened under an older policy.
+        var refusedBeforeRequest: AddressRefusal?
+        /// An address that could not be read, so was refused.
+        var unreadableAddress: String?
+        /// Non-loopback addresses the test sandbox refused.
+        var sandboxRefused: [IPAddress] = []
+    }
 
     /// Creates the easy handle and sets every option; throws when libcurl
     /// rejects one (an old libcurl without `CURLOPT_PROTOCOLS_STR`, say) so a
@@ -27,9 +50,10 @@ final class CurlTransfer {
         self.easy = easy
         self.errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
         self.errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
-        self.addressBlocked = .allocate(capacity: 1)
-        self.addressBlocked.initialize(to: 0)
         self.maxResponseBytes = pending.request.maxResponseBytes
+        self.maxResponseHeaderBytes = configuration.maxResponseHeaderBytes
+        self.addressPolicy = configuration.proxy == nil ? pending.addressPolicy : nil
+        self.connectOnlyToLoopback = configuration.connectOnlyToLoopback
         self.body.reserveCapacity(min(self.maxResponseBytes, 64 * 1024))
         try self.configure(pending.request, configuration)
     }
@@ -37,8 +61,8 @@ final class CurlTransfer {
     deinit {
         curl_easy_cleanup(self.easy)
         curl_slist_free_all(self.headerList)
+        curl_slist_free_all(self.resolveList)
         self.errorBuffer.deallocate()
-        self.addressBlocked.deallocate()
     }
 
     // MARK: Options
@@ -46,8 +70,9 @@ final class CurlTransfer {
     private func configure(_ request: HTTPRequest, _ configuration: HTTPClient.Configuration) throws(HTTPClientError) {
         try self.set("ERRORBUFFER", ccurl_easy_setopt_pointer(self.easy, CURLOPT_ERRORBUFFER, self.errorBuffer))
         try self.set("URL", ccurl_easy_setopt_string(self.easy, CURLOPT_URL, request.url))
-        try self.set("PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_PROTOCOLS_STR, "http,https"))
-        try self.set("REDIR_PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https"))
+        let protocols = configuration.curlProtocols
+        try self.set("PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_PROTOCOLS_STR, protocols))
+        try self.set("REDIR_PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_REDIR_PROTOCOLS_STR, protocols))
         try self.set("FOLLOWLOCATION", ccurl_easy_setopt_long(self.easy, CURLOPT_FOLLOWLOCATION, 0))
         try self.set("NOSIGNAL", ccurl_easy_setopt_long(self.easy, CURLOPT_NOSIGNAL, 1))
         try self.set("TIMEOUT_MS", ccurl_easy_setopt_long(self.easy, CURLOPT_TIMEOUT_MS, request.timeout.curlMilliseconds))
@@ -55,14 +80,20 @@ final class CurlTransfer {
             "CONNECTTIMEOUT_MS",
             ccurl_easy_setopt_long(self.easy, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeout.curlMilliseconds)
         )
-        // An explicit value, even "", stops libcurl from reading HTTP(S)_PROXY from the environment.
+        // Explicit values, even "", stop libcurl from reading HTTP(S)_PROXY,
+        // ALL_PROXY and NO_PROXY from the environment: a proxy is used only
+        // when configured, and then for every request.
         try self.set("PROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_PROXY, configuration.proxy ?? ""))
+        try self.set("NOPROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_NOPROXY, configuration.proxy == nil ? "*" : ""))
         try self.set("USERAGENT", ccurl_easy_setopt_string(self.easy, CURLOPT_USERAGENT, configuration.userAgent))
-        if configuration.blockPrivateAddresses && configuration.proxy == nil {
-            try self.set("OPENSOCKETFUNCTION", ccurl_easy_set_address_guard(self.easy, self.addressBlocked))
+        try self.configureTLS(request.tls)
+        if !request.resolveOverrides.isEmpty {
+            try self.appendLines(request.resolveOverrides, to: &self.resolveList)
+            try self.set("RESOLVE", ccurl_easy_setopt_slist(self.easy, CURLOPT_RESOLVE, self.resolveList))
         }
 
         let userdata = Unmanaged.passUnretained(self).toOpaque()
+        try self.configureAddressChecks(userdata)
         try self.set("WRITEDATA", ccurl_easy_setopt_pointer(self.easy, CURLOPT_WRITEDATA, userdata))
         try self.set(
             "WRITEFUNCTION",
@@ -79,8 +110,8 @@ final class CurlTransfer {
             ccurl_easy_setopt_header_function(self.easy) { data, size, count, userdata in
                 let transfer = Unmanaged<CurlTransfer>.fromOpaque(userdata!).takeUnretainedValue()
                 let length = size * count
-                transfer.receiveHeaderLine(UnsafeRawBufferPointer(start: data, count: length))
-                return length
+                // Any other count than `length` makes libcurl abort with CURLE_WRITE_ERROR.
+                return transfer.receiveHeaderLine(UnsafeRawBufferPointer(start: data, count: length)) ? length : 0
             }
         )
 
@@ -134,13 +165,65 @@ final class CurlTransfer {
             // "Name;" is libcurl's spelling of a header with an empty value.
             lines.append(header.value.isEmpty ? "\(header.name);" : "\(header.name): \(header.value)")
         }
+        try self.appendLines(lines, to: &self.headerList)
+        try self.set("HTTPHEADER", ccurl_easy_setopt_slist(self.easy, CURLOPT_HTTPHEADER, self.headerList))
+    }
+
+    /// Verification is always on, whatever the options; they only choose the
+    /// trust store and the client identity. libcurl copies the strings.
+    private func configureTLS(_ tls: TLSOptions?) throws(HTTPClientError) {
+        try self.set("SSL_VERIFYPEER", ccurl_easy_setopt_long(self.easy, CURLOPT_SSL_VERIFYPEER, 1))
+        try self.set("SSL_VERIFYHOST", ccurl_easy_setopt_long(self.easy, CURLOPT_SSL_VERIFYHOST, 2))
+        try self.set("PROXY_SSL_VERIFYPEER", ccurl_easy_setopt_long(self.easy, CURLOPT_PROXY_SSL_VERIFYPEER, 1))
+        try self.set("PROXY_SSL_VERIFYHOST", ccurl_easy_setopt_long(self.easy, CURLOPT_PROXY_SSL_VERIFYHOST, 2))
+        guard let tls else { return }
+        if let path = tls.caBundlePath {
+            try self.set("CAINFO", ccurl_easy_setopt_string(self.easy, CURLOPT_CAINFO, path))
+        }
+        if let certificate = tls.clientCertificatePath {
+            try self.set("SSLCERT", ccurl_easy_setopt_string(self.easy, CURLOPT_SSLCERT, certificate))
+            try self.set("SSLCERTTYPE", ccurl_easy_setopt_string(self.easy, CURLOPT_SSLCERTTYPE, "PEM"))
+            try self.set("SSLKEY", ccurl_easy_setopt_string(self.easy, CURLOPT_SSLKEY, tls.clientKeyPath ?? certificate))
+            try self.set("SSLKEYTYPE", ccurl_easy_setopt_string(self.easy, CURLOPT_SSLKEYTYPE, "PEM"))
+        }
+    }
+
+    /// Installs the open-socket check (every new connection, on the address
+    /// about to be connected) and the pre-request check (every request, on
+    /// the connected address, so also on reused connections).
+    private func configureAddressChecks(_ userdata: UnsafeMutableRawPointer) throws(HTTPClientError) {
+        if self.addressPolicy != nil || self.connectOnlyToLoopback {
+            try self.set("OPENSOCKETDATA", ccurl_easy_setopt_pointer(self.easy, CURLOPT_OPENSOCKETDATA, userdata))
+            try self.set(
+                "OPENSOCKETFUNCTION",
+                ccurl_easy_setopt_opensocket_function(self.easy) { userdata, _, address in
+                    guard let userdata, let address else { return CURL_SOCKET_BAD }
+                    let transfer = Unmanaged<CurlTransfer>.fromOpaque(userdata).takeUnretainedValue()
+                    return transfer.openSocket(address)
+                }
+            )
+        }
+        if self.addressPolicy != nil {
+            try self.set("PREREQDATA", ccurl_easy_setopt_pointer(self.easy, CURLOPT_PREREQDATA, userdata))
+            try self.set(
+                "PREREQFUNCTION",
+                ccurl_easy_setopt_prereq_function(self.easy) { userdata, primaryIP, _, _, _ in
+                    guard let userdata else { return CInt(CURL_PREREQFUNC_ABORT) }
+                    let transfer = Unmanaged<CurlTransfer>.fromOpaque(userdata).takeUnretainedValue()
+                    let text = primaryIP.map { String(cString: $0) } ?? ""
+                    return transfer.mayRequest(onConnectionTo: text) ? CInt(CURL_PREREQFUNC_OK) : CInt(CURL_PREREQFUNC_ABORT)
+                }
+            )
+        }
+    }
+
+    private func appendLines(_ lines: [String], to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
         for line in lines {
-            guard let list = curl_slist_append(self.headerList, line) else {
+            guard let appended = curl_slist_append(list, line) else {
                 throw HTTPClientError(code: .other, message: "curl_slist_append failed (out of memory?)")
             }
-            self.headerList = list
+            list = appended
         }
-        try self.set("HTTPHEADER", ccurl_easy_setopt_slist(self.easy, CURLOPT_HTTPHEADER, self.headerList))
     }
 
     private func set(_ option: String, _ code: CURLcode) throws(HTTPClientError) {
@@ -163,8 +246,50 @@ final class CurlTransfer {
         self.bodyBytesReceived += bytes.count
     }
 
-    private func receiveHeaderLine(_ bytes: UnsafeRawBufferPointer) {
+    /// Returns false to abort once the header lines exceed their limit.
+    private func receiveHeaderLine(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        self.headerBytesReceived += bytes.count
+        guard self.headerBytesReceived <= self.maxResponseHeaderBytes else {
+            self.headerLimitExceeded = true
+            return false
+        }
         self.head.consume(Substring(String(decoding: bytes, as: UTF8.self)))
+        return true
+    }
+
+    /// CURLOPT_OPENSOCKETFUNCTION: opens the socket only when the address passes.
+    private func openSocket(_ address: UnsafeMutablePointer<curl_sockaddr>) -> curl_socket_t {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let length = ccurl_sockaddr_ip(address, &bytes)
+        guard let ip = IPAddress(bytes: bytes.prefix(Int(length))) else {
+            self.checks.unreadableAddress = "an address of family \(address.pointee.family)"
+            return CURL_SOCKET_BAD
+        }
+        if let policy = self.addressPolicy, case .refused(let refusal) = policy.verdict(for: ip) {
+            self.checks.refusedAtConnect.append(refusal)
+            return CURL_SOCKET_BAD  // libcurl fails this attempt with CURLE_COULDNT_CONNECT
+        }
+        if self.connectOnlyToLoopback, !ip.isLocalLoopback {
+            self.checks.sandboxRefused.append(ip)
+            return CURL_SOCKET_BAD
+        }
+        self.checks.socketsOpened += 1
+        return ccurl_open_socket(address)
+    }
+
+    /// CURLOPT_PREREQFUNCTION: runs before each request, on new and reused
+    /// connections alike, with the address the connection goes to.
+    private func mayRequest(onConnectionTo primaryIP: String) -> Bool {
+        guard let policy = self.addressPolicy else { return true }
+        guard let ip = IPAddress(primaryIP) else {
+            self.checks.unreadableAddress = "'\(primaryIP)'"
+            return false
+        }
+        if case .refused(let refusal) = policy.verdict(for: ip) {
+            self.checks.refusedBeforeRequest = refusal
+            return false  // libcurl fails with CURLE_ABORTED_BY_CALLBACK
+        }
+        return true
     }
 
     // MARK: Result
@@ -172,8 +297,7 @@ final class CurlTransfer {
     /// The outcome once libcurl reported the transfer done with `code`.
     func result(for code: CURLcode) -> Result<HTTPResponse, HTTPClientError> {
         guard code == CURLE_OK else {
-            let message = String(cString: self.errorBuffer)
-            return .failure(HTTPClientError(curlCode: code, errorBuffer: message, addressBlocked: self.addressBlocked.pointee != 0))
+            return .failure(self.error(for: code))
         }
         let status = self.long(CURLINFO_RESPONSE_CODE)
         let connects = self.long(CURLINFO_NUM_CONNECTS)
@@ -190,6 +314,51 @@ final class CurlTransfer {
                 newConnections: connects
             )
         )
+    }
+
+    private func error(for code: CURLcode) -> HTTPClientError {
+        let curlCode = Int(code.rawValue)
+        if let refusal = self.checks.refusedBeforeRequest {
+            return HTTPClientError(
+                code: .addressBlocked,
+                message: "refused to send on a connection to \(refusal.address): \(refusal)",
+                curlCode: curlCode,
+                refusal: refusal
+            )
+        }
+        if let refusal = self.checks.refusedAtConnect.first, self.checks.socketsOpened == 0, self.checks.sandboxRefused.isEmpty {
+            let others = Set(self.checks.refusedAtConnect.map(\.address)).count - 1
+            let more = others > 0 ? " (and \(others) more refused address\(others == 1 ? "" : "es"))" : ""
+            return HTTPClientError(
+                code: .addressBlocked,
+                message: "refused to connect: \(refusal)\(more)",
+                curlCode: curlCode,
+                refusal: refusal
+            )
+        }
+        if let unreadable = self.checks.unreadableAddress {
+            return HTTPClientError(
+                code: .addressBlocked,
+                message: "refused to connect to \(unreadable): not an IPv4 or IPv6 address",
+                curlCode: curlCode
+            )
+        }
+        if !self.checks.sandboxRefused.isEmpty {
+            return HTTPClientError(
+                code: .connectFailed,
+                message: "test sandbox: refused to connect to non-loopback \(self.checks.sandboxRefused.map(\.description).joined(separator: ", "))",
+                curlCode: curlCode,
+                isRetryable: false
+            )
+        }
+        if self.headerLimitExceeded {
+            return HTTPClientError(
+                code: .receiveFailed,
+                message: "the response headers exceed the limit of \(self.maxResponseHeaderBytes) bytes; transfer aborted",
+                curlCode: curlCode
+            )
+        }
+        return HTTPClientError(curlCode: code, errorBuffer: String(cString: self.errorBuffer))
     }
 
     private func long(_ info: CURLINFO) -> Int {

@@ -40,21 +40,25 @@ extension HTTPClientError.Code {
 extension HTTPClientError {
     /// An error for a transfer that finished with `code`.
     ///
-    /// - Parameters:
-    ///   - errorBuffer: the text libcurl left in `CURLOPT_ERRORBUFFER`, often more specific than `curl_easy_strerror`.
-    ///   - addressBlocked: the address guard refused the connection, which libcurl reports as a connect failure or callback abort.
-    init(curlCode code: CURLcode, errorBuffer: String, addressBlocked: Bool) {
+    /// - Parameter errorBuffer: the text libcurl left in `CURLOPT_ERRORBUFFER`,
+    ///   often more specific than `curl_easy_strerror`.
+    init(curlCode code: CURLcode, errorBuffer: String) {
         let generic = String(cString: curl_easy_strerror(code))
         let detail = errorBuffer.isEmpty ? generic : errorBuffer
-        if addressBlocked {
-            self.init(
-                code: .addressBlocked,
-                message: "the target resolved to a private, loopback or reserved address (\(detail))",
-                curlCode: Int(code.rawValue)
-            )
-        } else {
-            self.init(code: .forCurlCode(Int(code.rawValue)), message: detail, curlCode: Int(code.rawValue))
+        var category = Code.forCurlCode(Int(code.rawValue))
+        if category == .receiveFailed || category == .sendFailed, Self.isTLSAlert(detail) {
+            // With TLS 1.3 the server judges the client certificate after the
+            // client considers the handshake done, so a refusal ("alert
+            // certificate required", "alert unknown ca") arrives on the first
+            // read or write: still a TLS failure, not a broken connection.
+            category = .tlsFailed
         }
+        self.init(code: category, message: detail, curlCode: Int(code.rawValue))
+    }
+
+    /// Whether libcurl's message reports a TLS alert from the peer (OpenSSL wording).
+    static func isTLSAlert(_ message: String) -> Bool {
+        message.contains("SSL routines") && message.contains(" alert ")
     }
 }
 

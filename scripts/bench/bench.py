@@ -1,0 +1,1510 @@
+#!/usr/bin/env python3
+"""consent-sync benchmark harness (issue 7). Run it through scripts/bench/run.sh.
+
+Needs: a PostgreSQL reachable through PG* (scripts/with-postgres.sh sets them, and
+CONSENT_SYNC_TEST_PGDATA for CPU accounting), the consent-sync binary (BENCH_BINARY or
+--binary), nginx, pgbench, psql; optionally wrk, gnuplot, perf, valgrind. Python standard
+library only.
+
+Scenarios (each checks itself: every change reached every subscriber exactly once, and per
+subject each receiver saw the changes in change-id order; a failure makes the exit status 1):
+  nginx     the receiver alone under wrk: it must not be the bottleneck
+  drain     N changes committed while the daemon is stopped, K subscribers; start it; time to deliver all
+  live      producer (pgbench --rate) at R changes/s for D s; commit-to-receipt latency, backlog
+  maxlive   producer as fast as it can (several connections); both rates and the latency
+  scaling   drain rate with K = 1, 3, 10, 30 (same number of deliveries each);
+            and a backlog of 10,000 vs 1,000,000 pending deliveries (the big one with --big-backlog)
+  producer  pgbench upserts with and without the capture trigger at 1, 4, 16 clients
+  plot      gnuplot PNG of the live run's latency percentiles per second
+  profile   (--profile) perf cpu-clock samples of the whole box during a drain, pg_stat_statements,
+            and callgrind of the daemon on a small drain
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+PURPOSES = ["marketing_email", "marketing_sms", "ad_personalisation", "analytics", "profiling"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ALL_SCENARIOS = ["nginx", "drain", "live", "maxlive", "scaling", "producer", "plot"]
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+class BenchError(Exception):
+    """A scenario could not run (as opposed to a failed self-check)."""
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def free_ports(count):
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def proc_cpu_seconds(pid, children=False):
+    """utime+stime (and cutime+cstime with children=True) of a process, in seconds; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    # fields[0] is field 3 (state): utime is field 14 -> index 11
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def proc_status_kib(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def children_of(ppid):
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == ppid:
+                found.append(int(name))
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return found
+
+
+def box_cpu():
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    total = sum(parts[:8])
+    return total - idle, total
+
+
+class Stopwatch:
+    """CPU of the daemon, PostgreSQL, nginx and the whole box between two points."""
+
+    def __init__(self, bench, daemon=None, nginx=None):
+        self.bench, self.daemon, self.nginx = bench, daemon, nginx
+
+    def sample(self):
+        busy, total = box_cpu()
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "harness": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+            "load1": os.getloadavg()[0],
+            "wall": time.time(),
+            "daemon": self.daemon.cpu() if self.daemon else 0.0,
+            "pg": self.bench.pg.cpu_seconds(),
+            "nginx": self.nginx.cpu() if self.nginx else 0.0,
+            "box_busy": busy,
+            "box_total": total,
+        }
+
+    @staticmethod
+    def delta(a, b):
+        total = max(1, b["box_total"] - a["box_total"])
+        ncpu = os.cpu_count() or 1
+        busy_s = (b["box_busy"] - a["box_busy"]) / CLK_TCK
+        ours = ((b["daemon"] or 0) - (a["daemon"] or 0)) + (b["pg"] - a["pg"]) + ((b["nginx"] or 0) - (a["nginx"] or 0)) \
+            + (b["harness"] - a["harness"])
+        return {
+            # CPU of processes that are not part of the benchmark (other work on a shared machine)
+            "foreign_cpu_pct": max(0.0, 100.0 * (busy_s - ours) / max(1e-9, (b["wall"] - a["wall"]) * ncpu)),
+            "load1": b["load1"],
+            "wall": b["wall"] - a["wall"],
+            "daemon": (b["daemon"] or 0) - (a["daemon"] or 0),
+            "pg": b["pg"] - a["pg"],
+            "nginx": (b["nginx"] or 0) - (a["nginx"] or 0),
+            "box_busy_pct": 100.0 * (b["box_busy"] - a["box_busy"]) / total,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# processes: a registry so that everything started is stopped, also on failure and Ctrl-C
+
+RUNNING = []
+
+
+def start_process(argv, **kwargs):
+    kwargs.setdefault("start_new_session", True)
+    proc = subprocess.Popen(argv, **kwargs)
+    RUNNING.append(proc)
+    return proc
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=20.0):
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"pid {proc.pid} did not stop within {timeout:.0f}s after signal {int(sig)}; killing it")
+            proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        except ProcessLookupError:
+            pass
+    if proc in RUNNING:
+        RUNNING.remove(proc)
+    return proc.returncode
+
+
+def stop_everything():
+    for proc in reversed(list(RUNNING)):
+        stop_process(proc, timeout=10.0)
+
+
+def on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ----------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class Postgres:
+    def __init__(self):
+        for var in ("PGHOST", "PGPORT", "PGUSER"):
+            if not os.environ.get(var):
+                raise BenchError(f"{var} is not set: run through scripts/bench/run.sh (scripts/with-postgres.sh)")
+        self.host, self.port, self.user = os.environ["PGHOST"], os.environ["PGPORT"], os.environ["PGUSER"]
+        self.pgdata = os.environ.get("CONSENT_SYNC_TEST_PGDATA")
+        self.pgbin = os.environ.get("CONSENT_SYNC_TEST_PGBIN")
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise BenchError(f"PGHOST={self.host}: the benchmark only runs against a local throwaway PostgreSQL")
+        self.tool = {}
+        for name in ("psql", "pgbench", "pg_ctl"):
+            path = os.path.join(self.pgbin, name) if self.pgbin else None
+            self.tool[name] = path if path and os.path.exists(path) else shutil.which(name)
+        if not self.tool["psql"] or not self.tool["pgbench"]:
+            raise BenchError("psql/pgbench not found (Debian: postgresql-client, postgresql-contrib)")
+
+    def url(self, db):
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{db}"
+
+    def env(self, db="postgres"):
+        env = dict(os.environ)
+        env.update(PGHOST=self.host, PGPORT=self.port, PGUSER=self.user, PGDATABASE=db, PGAPPNAME="consent-sync-bench")
+        return env
+
+    def psql(self, sql, db="postgres", timeout=600):
+        result = subprocess.run(
+            [self.tool["psql"], "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            input=sql, capture_output=True, text=True, env=self.env(db), timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"psql failed on {db}: {result.stderr.strip()}\nSQL: {sql[:400]}")
+        return result.stdout.strip()
+
+    def value(self, sql, db="postgres"):
+        out = self.psql(sql, db)
+        return out.splitlines()[0] if out else ""
+
+    def rows(self, query, db, timeout=600):
+        """Rows of a query, as lists of strings (COPY ... CSV)."""
+        result = subprocess.run(
+            [self.tool["psql"], "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", f"COPY ({query}) TO STDOUT WITH (FORMAT csv)"],
+            capture_output=True, text=True, env=self.env(db), timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"COPY failed on {db}: {result.stderr.strip()}")
+        return list(csv.reader(result.stdout.splitlines()))
+
+    def create_db(self, name):
+        self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.psql(f"CREATE DATABASE {name}")
+
+    def drop_db(self, name):
+        try:
+            self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except Exception as error:  # best effort
+            log(f"could not drop {name}: {error}")
+
+    def postmaster_pid(self):
+        if not self.pgdata:
+            return None
+        try:
+            with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
+                return int(f.readline().strip())
+        except (OSError, ValueError):
+            return None
+
+    def cpu_seconds(self):
+        """CPU of the postmaster, its exited children (cutime/cstime) and its live children."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return 0.0
+        total = proc_cpu_seconds(pid, children=True) or 0.0
+        for child in children_of(pid):
+            total += proc_cpu_seconds(child) or 0.0
+        return total
+
+    def version(self):
+        return self.value("SHOW server_version")
+
+    def settings(self):
+        names = ["shared_buffers", "fsync", "synchronous_commit", "full_page_writes", "max_wal_size", "checkpoint_timeout",
+                 "max_connections", "shared_preload_libraries"]
+        out = self.psql("SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name IN (%s) ORDER BY name"
+                        % ",".join(f"'{n}'" for n in names))
+        return {line.split("|")[0]: line.split("|")[1] + line.split("|")[2] for line in out.splitlines()}
+
+    def restart(self):
+        """Restart with the same options (postmaster.opts); used to load pg_stat_statements."""
+        if not self.pgdata or not self.tool["pg_ctl"]:
+            raise BenchError("cannot restart PostgreSQL: CONSENT_SYNC_TEST_PGDATA or pg_ctl missing")
+        argv = [self.tool["pg_ctl"], "-D", self.pgdata, "-w", "-t", "60", "-m", "fast", "restart"]
+        owner = os.stat(self.pgdata).st_uid
+        if owner != os.getuid():
+            import pwd
+            argv = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--"] + argv
+        log_path = os.path.join(os.path.dirname(self.pgdata), "server.log")
+        subprocess.run(argv + ["-l", log_path], check=True, capture_output=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------------------------
+# nginx receivers: one nginx, K servers on 127.0.0.1, each with its own access log of
+# "$msec $http_webhook_id"; answers 204 to everything.
+
+
+class Nginx:
+    def __init__(self, workdir, count, workers):
+        self.workdir = workdir
+        self.ports = free_ports(count)
+        self.workers = workers
+        self.proc = None
+        self.offsets = {}
+        self.counts = {}
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+
+    def log_path(self, port):
+        return os.path.join(self.workdir, f"access-{port}.log")
+
+    def start(self):
+        os.makedirs(os.path.join(self.workdir, "tmp"), exist_ok=True)
+        os.chmod(os.path.join(self.workdir, "tmp"), 0o777)
+        servers = "\n".join(
+            f"""    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        access_log {self.log_path(port)} bench;
+        location / {{ return 204; }}
+    }}""" for port in self.ports)
+        user = "user nobody nogroup;" if os.getuid() == 0 else ""
+        conf = f"""{user}
+worker_processes {self.workers};
+daemon off;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    log_format bench '$msec $http_webhook_id';
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_buffer_size 64k;
+    client_max_body_size 1m;
+    client_body_temp_path {self.workdir}/tmp/body;
+    proxy_temp_path {self.workdir}/tmp/proxy;
+    fastcgi_temp_path {self.workdir}/tmp/fastcgi;
+    uwsgi_temp_path {self.workdir}/tmp/uwsgi;
+    scgi_temp_path {self.workdir}/tmp/scgi;
+{servers}
+}}
+"""
+        path = os.path.join(self.workdir, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        out = open(os.path.join(self.workdir, "nginx.out"), "w")
+        self.proc = start_process([self.binary, "-p", self.workdir, "-e", f"{self.workdir}/error.log", "-c", path],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        pending = set(self.ports)
+        while pending and time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"nginx exited: {open(os.path.join(self.workdir, 'error.log')).read()[-2000:]}")
+            for port in list(pending):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    pending.discard(port)
+                except OSError:
+                    pass
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            raise BenchError(f"nginx did not listen on {sorted(pending)} within 15 s")
+        for port in self.ports:
+            self.offsets[port], self.counts[port] = 0, 0
+
+    def cpu(self):
+        if not self.proc or self.proc.poll() is not None:
+            return 0.0
+        total = proc_cpu_seconds(self.proc.pid, children=True) or 0.0
+        for child in children_of(self.proc.pid):
+            total += proc_cpu_seconds(child) or 0.0
+        return total
+
+    def received(self):
+        """Lines logged so far over all receivers (reads only what is new)."""
+        for port in self.ports:
+            try:
+                with open(self.log_path(port), "rb") as f:
+                    f.seek(self.offsets[port])
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            cut = chunk.rfind(b"\n") + 1
+            self.counts[port] += chunk.count(b"\n", 0, cut)
+            self.offsets[port] += cut
+        return sum(self.counts.values())
+
+    def stop(self):
+        # QUIT: graceful, flushes the access logs.
+        stop_process(self.proc, sig=signal.SIGQUIT, timeout=15.0)
+
+    def read_log(self, port):
+        """[(receipt_time_s, webhook_id)] in file order."""
+        entries = []
+        with open(self.log_path(port)) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    entries.append((float(parts[0]), parts[1]))
+                elif parts:
+                    entries.append((float(parts[0]), "-"))
+        return entries
+
+
+# ----------------------------------------------------------------------------------------------
+# the daemon
+
+
+class Daemon:
+    def __init__(self, bench, db, logfile, wrapper=None):
+        self.bench, self.db, self.logfile = bench, db, logfile
+        self.wrapper = wrapper or []
+        self.proc = None
+        self.peak_rss_kib = 0
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CONSENT_SYNC_") and not k.startswith("PG") and k != "DATABASE_URL"}
+        env.update({
+            "CONSENT_SYNC_DATABASE_URL": self.bench.pg.url(self.db),
+            "CONSENT_SYNC_LOG_LEVEL": self.bench.args.daemon_log_level,
+            "CONSENT_SYNC_OPS_ENABLED": "false",
+            "CONSENT_SYNC_RELAY_MAX_IN_FLIGHT": str(self.bench.args.relay_max_in_flight),
+        })
+        for item in self.bench.args.daemon_env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        return env
+
+    def command(self, *args, timeout=120):
+        result = subprocess.run([self.bench.binary, *args, "--config", self.bench.config_file], env=self.env(),
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise BenchError(f"consent-sync {' '.join(args)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    def start(self):
+        out = open(self.logfile, "a")
+        self.proc = start_process([*self.wrapper, self.bench.binary, "run", "--config", self.bench.config_file],
+                                  env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+        return time.time()
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            raise BenchError(f"consent-sync run exited with {self.proc.returncode}; log tail:\n{self.tail()}")
+
+    def tail(self, lines=30):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cpu(self):
+        return proc_cpu_seconds(self.proc.pid) if self.proc and self.proc.poll() is None else None
+
+    def rss(self):
+        hwm = proc_status_kib(self.proc.pid, "VmHWM") if self.proc else None
+        if hwm:
+            self.peak_rss_kib = max(self.peak_rss_kib, hwm)
+        return proc_status_kib(self.proc.pid, "VmRSS") if self.proc else None
+
+    def stop(self, timeout=40.0):
+        if self.proc and self.proc.poll() is None:
+            self.rss()
+        code = stop_process(self.proc, sig=signal.SIGTERM, timeout=timeout)
+        if code not in (0, None, -signal.SIGTERM):
+            log(f"consent-sync run exited with {code} after SIGTERM; log tail:\n{self.tail(10)}")
+        return code
+
+
+# ----------------------------------------------------------------------------------------------
+# the producer: real transactions on consent_sync.consents (INSERT ... ON CONFLICT DO UPDATE of
+# status), many subjects and purposes; every upsert changes the status (granted -> denied ->
+# withdrawn -> granted), so every transaction is one captured change.
+
+UPSERT_TAIL = """ON CONFLICT (subject_id, purpose) DO UPDATE SET
+    status = CASE t.status WHEN 'granted' THEN 'denied' WHEN 'denied' THEN 'withdrawn' ELSE 'granted' END,
+    updated_at = now()"""
+
+
+def purposes_array():
+    return "ARRAY[" + ",".join(f"'{p}'" for p in PURPOSES) + "]"
+
+
+def pgbench_script(path, keys, source):
+    with open(path, "w") as f:
+        f.write(f"""\\set k random(0, {keys - 1})
+\\set s :k / {len(PURPOSES)}
+\\set p :k % {len(PURPOSES)} + 1
+INSERT INTO consent_sync.consents AS t (subject_id, purpose, status, source)
+VALUES ('cust-' || :s::text, ({purposes_array()})[:p::int], 'granted', '{source}')
+{UPSERT_TAIL};
+""")
+    return path
+
+
+def parse_pgbench(output):
+    result = {}
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
+    if m:
+        result["tps"] = float(m.group(1))
+    m = re.search(r"latency average = ([\d.]+) ms", output)
+    if m:
+        result["latency_avg_ms"] = float(m.group(1))
+    m = re.search(r"latency stddev = ([\d.]+) ms", output)
+    if m:
+        result["latency_stddev_ms"] = float(m.group(1))
+    m = re.search(r"number of transactions actually processed: (\d+)", output)
+    if m:
+        result["transactions"] = int(m.group(1))
+    m = re.search(r"number of failed transactions: (\d+)", output)
+    if m:
+        result["failed"] = int(m.group(1))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# the harness
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.binary = args.binary
+        self.pg = Postgres()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.out = os.path.abspath(args.output or os.path.join(ROOT, "bench-results", stamp))
+        os.makedirs(self.out, exist_ok=True)
+        self.work = tempfile.mkdtemp(prefix="consent-sync-bench.")
+        os.chmod(self.work, 0o755)
+        self.config_file = os.path.join(self.work, "bench.yaml")
+        with open(self.config_file, "w") as f:
+            f.write("# consent-sync benchmark: defaults; overrides come from CONSENT_SYNC_* variables\n"
+                    f"log:\n  level: {args.daemon_log_level}\n")
+        self.results = []
+        self.failures = []
+        self.db_counter = 0
+        self.live_series = None
+        self.fill_offsets = {}
+        self.keys = args.subjects * len(PURPOSES)
+
+    # -- building blocks ------------------------------------------------------------------------
+
+    def new_db(self, label):
+        self.db_counter += 1
+        name = f"bench_{self.db_counter}_{re.sub(r'[^a-z0-9]', '_', label.lower())}"[:60]
+        self.pg.create_db(name)
+        self.pg.psql("ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min'; SELECT pg_reload_conf();")
+        Daemon(self, name, os.path.join(self.out, "daemon.log")).command("migrate")
+        self.fill_offsets[name] = 0
+        return name
+
+    def add_subscribers(self, db, nginx):
+        helper = Daemon(self, db, os.path.join(self.out, "daemon.log"))
+        for i, port in enumerate(nginx.ports):
+            helper.command("subscriber", "add", f"bench-{i + 1:02d}", "--url", f"http://127.0.0.1:{port}/hook",
+                           "--max-in-flight", str(self.args.sub_max_in_flight))
+        rows = self.pg.rows("SELECT id, url FROM consent_sync.subscribers", db)
+        return {int(r[0]): int(re.search(r":(\d+)/", r[1]).group(1)) for r in rows}
+
+    def fill(self, db, count, label="bench-fill"):
+        """Commit `count` changes, in transactions of up to --fill-batch rows, each row changed once per statement."""
+        if count <= 0:
+            return
+        prime = 1000003 if self.keys < 1000003 else 2147483647
+        start = self.fill_offsets[db]
+        end = start + count
+        statements = []
+        j = start
+        while j < end:
+            round_end = (j // self.keys + 1) * self.keys
+            hi = min(end, round_end, j + self.args.fill_batch)
+            statements.append(f"""INSERT INTO consent_sync.consents AS t (subject_id, purpose, status, source)
+SELECT 'cust-' || ((j * {prime}) % {self.keys} / {len(PURPOSES)}), ({purposes_array()})[(j * {prime}) % {self.keys} % {len(PURPOSES)} + 1],
+       'granted', '{label}'
+FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
+{UPSERT_TAIL};""")
+            j = hi
+        self.pg.psql("\n".join(statements), db, timeout=max(600, count / 500))
+        self.fill_offsets[db] = end
+
+    def changes(self, db):
+        return int(self.pg.value("SELECT count(*) FROM consent_sync.changes", db))
+
+    def installation_prefix(self, db):
+        return self.pg.value("SELECT value FROM consent_sync.meta WHERE key = 'installation_id'", db)[:8]
+
+    def set_subscribers_paused(self, db, paused):
+        has_state = self.pg.value("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'consent_sync' "
+                                  "AND table_name = 'subscribers' AND column_name = 'state'", db) == "1"
+        if has_state:
+            self.pg.psql(f"UPDATE consent_sync.subscribers SET state = '{'paused' if paused else 'enabled'}'", db)
+        else:
+            self.pg.psql(f"UPDATE consent_sync.subscribers SET enabled = {'false' if paused else 'true'}", db)
+
+    def wait_delivered(self, db, nginx, daemon, expected, what, stall_seconds=None, limit_seconds=None):
+        """Waits until nginx has logged `expected` requests and the database shows nothing
+        pending or in flight. Bounded: fails when nothing arrives for `stall_seconds`, or
+        after `limit_seconds`. Returns the time the last request was seen (wall clock)."""
+        limit_seconds = limit_seconds or max(300.0, expected / 300.0)
+        stall_seconds = stall_seconds or self.args.stall_seconds
+        started = last_progress = time.time()
+        seen = -1
+        while True:
+            daemon.check_alive()
+            daemon.rss()
+            count = nginx.received()
+            now = time.time()
+            if count != seen:
+                seen, last_progress = count, now
+            if count >= expected:
+                break
+            if now - last_progress > stall_seconds:
+                raise BenchError(f"{what}: stalled at {count}/{expected} requests for {stall_seconds:.0f} s; "
+                                 f"deliveries by subscriber and state: {self.delivery_states(db)}; daemon log tail:\n{daemon.tail()}")
+            if now - started > limit_seconds:
+                raise BenchError(f"{what}: only {count}/{expected} requests after {limit_seconds:.0f} s")
+            time.sleep(0.02 if expected - count < 2000 else 0.1)
+        seen_at = time.time()
+        # the results are written back after the answers: wait for the database to agree
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            open_ = int(self.pg.value("SELECT (SELECT count(*) FROM consent_sync.deliveries WHERE state IN ('pending', 'in_flight'))"
+                                      " + (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out)", db))
+            if open_ == 0:
+                break
+            time.sleep(0.05)
+        return seen_at
+
+    def delivery_states(self, db):
+        rows = self.pg.rows("SELECT s.name, d.state, count(*) FROM consent_sync.deliveries d JOIN consent_sync.subscribers s "
+                            "ON s.id = d.subscriber_id GROUP BY 1, 2 ORDER BY 1, 2", db)
+        return ", ".join(f"{r[0]} {r[1]} {r[2]}" for r in rows)
+
+    # -- the self-check -----------------------------------------------------------------------
+
+    def self_check(self, db, nginx, subscriber_ports, scenario, first_change_id=None):
+        """Every change reached every subscriber exactly once; per subject, each receiver saw the
+        changes in change-id order; no failed attempt. Returns (ok, details, per_delivery) where
+        per_delivery maps delivery id -> (subscriber id, change id, changed_at epoch, receipt epoch)."""
+        problems = []
+        prefix = self.installation_prefix(db)
+        subscribers = sorted(subscriber_ports)
+        k = len(subscribers)
+        changes = self.pg.rows("SELECT id, subject, extract(epoch FROM changed_at)::float8 FROM consent_sync.changes ORDER BY id", db)
+        change_subject = {int(c[0]): c[1] for c in changes}
+        change_time = {int(c[0]): float(c[2]) for c in changes}
+        deliveries = self.pg.rows("SELECT id, subscriber_id, change_id, state FROM consent_sync.deliveries", db)
+        by_id = {}
+        pairs = set()
+        not_delivered = 0
+        for d in deliveries:
+            did, sid, cid = int(d[0]), int(d[1]), int(d[2])
+            by_id[did] = (sid, cid)
+            pairs.add((cid, sid))
+            if d[3] != "delivered":
+                not_delivered += 1
+        missing_pairs = len(change_subject) * k - len(pairs)
+        if missing_pairs:
+            problems.append(f"{missing_pairs} (change, subscriber) pairs have no delivery")
+        if not_delivered:
+            problems.append(f"{not_delivered} deliveries are not 'delivered'")
+        unfanned = int(self.pg.value("SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out", db))
+        if unfanned:
+            problems.append(f"{unfanned} changes were never fanned out")
+        failed_attempts = int(self.pg.value("SELECT count(*) FROM consent_sync.attempts WHERE status IS DISTINCT FROM 204", db))
+        attempts = int(self.pg.value("SELECT count(*) FROM consent_sync.attempts", db))
+        if failed_attempts:
+            problems.append(f"{failed_attempts} attempts did not get 204 (retries in a no-fault run)")
+
+        received = {}
+        duplicates = unknown = wrong_receiver = foreign = order_violations = 0
+        examples = []
+        for sid in subscribers:
+            port = subscriber_ports[sid]
+            last_by_subject = {}
+            for receipt, webhook_id in nginx.read_log(port):
+                if not webhook_id.startswith(f"msg_{prefix}_"):
+                    foreign += 1
+                    if len(examples) < 5:
+                        examples.append(f"port {port}: unexpected webhook-id {webhook_id!r}")
+                    continue
+                did = int(webhook_id.rsplit("_", 1)[1])
+                if did not in by_id:
+                    unknown += 1
+                    continue
+                dsid, cid = by_id[did]
+                if dsid != sid:
+                    wrong_receiver += 1
+                    continue
+                if did in received:
+                    duplicates += 1
+                    if len(examples) < 5:
+                        examples.append(f"port {port}: duplicate {webhook_id} (change {cid})")
+                    continue
+                received[did] = receipt
+                subject = change_subject.get(cid)
+                previous = last_by_subject.get(subject)
+                if previous is not None and previous > cid:
+                    order_violations += 1
+                    if len(examples) < 5:
+                        examples.append(f"port {port}: subject {subject}: change {cid} arrived after change {previous}")
+                last_by_subject[subject] = max(cid, previous or 0)
+        missing = len(by_id) - len(received)
+        for count, label in ((duplicates, "duplicate webhook-ids"), (unknown, "webhook-ids of no delivery"),
+                             (wrong_receiver, "requests at the wrong receiver"), (foreign, "requests without a valid webhook-id"),
+                             (missing, "deliveries never received"), (order_violations, "per-subject order violations")):
+            if count:
+                problems.append(f"{count} {label}")
+        details = {
+            "changes": len(change_subject), "subscribers": k, "deliveries": len(by_id), "received": len(received),
+            "attempts": attempts, "duplicates": duplicates, "missing": missing, "order_violations": order_violations,
+            "subjects": len(set(change_subject.values())), "problems": problems, "examples": examples,
+        }
+        ok = not problems
+        if ok:
+            log(f"{scenario}: self-check OK: {len(change_subject)} changes x {k} subscribers = {len(received)} deliveries, "
+                f"each received once, per-subject order kept ({details['subjects']} subjects)")
+        else:
+            message = f"SELF-CHECK FAILED in {scenario}: " + "; ".join(problems) + ("\n  " + "\n  ".join(examples) if examples else "")
+            log(message)
+            self.failures.append(message)
+        per_delivery = {did: (sid, cid, change_time[cid], received.get(did)) for did, (sid, cid) in by_id.items()}
+        return ok, details, per_delivery
+
+    # -- scenarios ----------------------------------------------------------------------------
+
+    def record(self, result):
+        self.results.append(result)
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump(self.meta() | {"results": self.results, "failures": self.failures}, f, indent=2, default=str)
+
+    def scenario_nginx(self):
+        """The receiver alone: wrk (or a Python client) against one nginx server."""
+        workdir = os.path.join(self.work, "nginx-alone")
+        os.makedirs(workdir)
+        nginx = Nginx(workdir, 1, self.args.nginx_workers)
+        nginx.start()
+        url = f"http://127.0.0.1:{nginx.ports[0]}/hook"
+        body = json.dumps({"specversion": "1.0", "id": "0d5c6e8a-5f5e-4a0e-9a47-3f3b1e8f4a10", "type": "consent.granted",
+                           "subject": "cust-1", "data": {"x": "y" * 600}})
+        seconds = self.args.nginx_seconds
+        result = {"scenario": "nginx-alone", "tool": None}
+        try:
+            if shutil.which("wrk"):
+                script = os.path.join(workdir, "post.lua")
+                with open(script, "w") as f:
+                    f.write("wrk.method = 'POST'\n"
+                            f"wrk.body = {json.dumps(body)}\n"
+                            "wrk.headers['content-type'] = 'application/cloudevents+json'\n"
+                            "counter = 0\n"
+                            "request = function()\n  counter = counter + 1\n"
+                            "  return wrk.format(nil, nil, {['webhook-id'] = 'msg_wrk_' .. counter})\nend\n")
+                out = subprocess.run(["wrk", "-t", "1", "-c", "64", "-d", f"{seconds}s", "-s", script, url],
+                                     capture_output=True, text=True, timeout=seconds + 30).stdout
+                m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+                result.update(tool="wrk -t1 -c64", requests_per_s=float(m.group(1)) if m else None)
+                m = re.search(r"Latency\s+([\d.]+)(\w+)", out)
+                if m:
+                    result["latency_avg"] = m.group(1) + m.group(2)
+            else:
+                result.update(tool="python asyncio (16 connections)", requests_per_s=python_load(nginx.ports[0], body, seconds))
+        finally:
+            nginx.stop()
+        log(f"nginx alone ({self.args.nginx_workers} worker): {result.get('requests_per_s')} requests/s with {result['tool']}")
+        self.record(result)
+
+    def drain(self, label, changes, k, paused_backlog=False, wrapper=None, perf=None, statements=False):
+        """Commit `changes` with the daemon stopped, start it, measure until all is delivered.
+        With paused_backlog, the deliveries are created first (subscribers paused) so that the
+        measured run starts from `changes * k` pending deliveries."""
+        db = self.new_db(label)
+        workdir = os.path.join(self.work, db)
+        os.makedirs(workdir)
+        nginx = Nginx(workdir, k, self.args.nginx_workers)
+        nginx.start()
+        daemon = None
+        try:
+            ports = self.add_subscribers(db, nginx)
+            t = time.time()
+            self.fill(db, changes)
+            fill_seconds = time.time() - t
+            total = self.changes(db)
+            expected = total * k
+            log(f"{label}: {total} changes committed in {fill_seconds:.1f} s; {expected} deliveries to make")
+            if paused_backlog:
+                self.set_subscribers_paused(db, True)
+                pre = Daemon(self, db, os.path.join(self.out, f"daemon-{db}-fanout.log"))
+                pre.start()
+                deadline = time.time() + max(300, total / 200)
+                while int(self.pg.value("SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out", db)) > 0:
+                    pre.check_alive()
+                    if time.time() > deadline:
+                        raise BenchError(f"{label}: fan-out of the backlog did not finish")
+                    time.sleep(0.5)
+                pre.stop()
+                pending = int(self.pg.value("SELECT count(*) FROM consent_sync.deliveries WHERE state = 'pending'", db))
+                if pending != expected:
+                    raise BenchError(f"{label}: {pending} pending deliveries after fan-out, expected {expected}")
+                self.set_subscribers_paused(db, False)
+                log(f"{label}: {pending} deliveries pending")
+            self.pg.psql("VACUUM ANALYZE consent_sync.changes; VACUUM ANALYZE consent_sync.deliveries; CHECKPOINT;", db)
+            if statements:
+                self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
+            xact0 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+            daemon = Daemon(self, db, os.path.join(self.out, f"daemon-{db}.log"), wrapper=wrapper)
+            watch = Stopwatch(self, daemon, nginx)
+            before = watch.sample()
+            before["daemon"] = 0.0
+            perf_proc = perf(daemon) if perf else None
+            started = daemon.start()
+            before["wall"] = started
+            last_seen = self.wait_delivered(db, nginx, daemon, expected, label,
+                                            stall_seconds=600 if wrapper else None,
+                                            limit_seconds=(expected / 5 + 600) if wrapper else None)
+            after = watch.sample()
+            daemon.rss()
+            if perf_proc:
+                stop_process(perf_proc, sig=signal.SIGINT, timeout=120)
+            xact1 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+            stmt_rows = None
+            if statements:
+                stmt_rows = self.pg.rows(
+                    "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, "
+                    "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "ORDER BY total_exec_time DESC LIMIT 15", db)
+            daemon.stop(timeout=300 if wrapper else 40)
+            daemon = None
+            nginx.stop()
+            ok, check, per = self.self_check(db, nginx, ports, label)
+            receipts = sorted(r[3] for r in per.values() if r[3] is not None)
+            cpu = Stopwatch.delta(before, after)
+            n = len(receipts)
+            elapsed = (max(receipts) - started) if receipts else None
+            middle = None
+            if n >= 100:
+                lo, hi = receipts[int(n * 0.1)], receipts[int(n * 0.9)]
+                middle = (int(n * 0.9) - int(n * 0.1)) / (hi - lo) if hi > lo else None
+            result = {
+                "scenario": label, "k": k, "changes": total, "deliveries": n, "fill_seconds": round(fill_seconds, 2),
+                "seconds": round(elapsed, 3) if elapsed else None,
+                "deliveries_per_s": round(n / elapsed, 1) if elapsed else None,
+                "deliveries_per_s_10_90pct": round(middle, 1) if middle else None,
+                "first_receipt_after_s": round(receipts[0] - started, 3) if receipts else None,
+                "daemon_cpu_s": round(cpu["daemon"], 2),
+                "daemon_cpu_s_per_1000": round(1000 * cpu["daemon"] / n, 4) if n else None,
+                "daemon_cpu_us_per_delivery": round(1e6 * cpu["daemon"] / n, 1) if n else None,
+                "pg_cpu_s": round(cpu["pg"], 2),
+                "pg_cpu_us_per_delivery": round(1e6 * cpu["pg"] / n, 1) if n else None,
+                "nginx_cpu_us_per_delivery": round(1e6 * cpu["nginx"] / n, 1) if n else None,
+                "box_cpu_busy_pct": round(cpu["box_busy_pct"], 1),
+                "foreign_cpu_pct": round(cpu["foreign_cpu_pct"], 1), "load1": round(cpu["load1"], 2),
+                "peak_rss_mib": round(daemon_peak(watch) / 1024, 1),
+                "pg_transactions_per_delivery": round((xact1 - xact0) / n, 3) if n else None,
+                "self_check": "ok" if ok else "FAILED", "check": check,
+            }
+            if stmt_rows:
+                result["pg_stat_statements"] = [
+                    {"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "query": r[4]}
+                    for r in stmt_rows]
+            log(f"{label}: {n} deliveries in {elapsed or 0:.2f} s = {result['deliveries_per_s']}/s; daemon "
+                f"{result['daemon_cpu_us_per_delivery']} us, PostgreSQL {result['pg_cpu_us_per_delivery']} us per delivery; "
+                f"peak RSS {result['peak_rss_mib']} MiB")
+            return result
+        finally:
+            if daemon:
+                daemon.stop()
+            nginx.stop()
+            if not self.args.keep_databases:
+                self.pg.drop_db(db)
+
+    def attempt(self, label, run):
+        """Runs one measurement; a failure is recorded and the next one still runs."""
+        try:
+            return run()
+        except BenchError as error:
+            message = f"{label} could not complete: {error}"
+            log(message)
+            self.failures.append(message)
+            return None
+
+    def scenario_drain(self):
+        for run in range(self.args.repeat):
+            result = self.attempt("drain", lambda: self.drain("drain", self.args.drain_changes, self.args.drain_k))
+            if result:
+                result["run"] = run + 1
+                self.record(result)
+
+    def scenario_scaling(self):
+        for k in self.args.scaling_ks:
+            changes = max(1, self.args.scaling_deliveries // k)
+            result = self.attempt(f"scaling-k{k}", lambda: self.drain(f"scaling-k{k}", changes, k))
+            if result:
+                self.record(result)
+        backlogs = [self.args.backlog_small] + ([self.args.backlog_big] if self.args.big_backlog else [])
+        for backlog in backlogs:
+            k = self.args.drain_k
+            result = self.attempt(f"backlog-{backlog}",
+                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True))
+            if result:
+                self.record(result)
+
+    def live(self, label, rate, seconds, clients, transactions=None):
+        """Daemon running; pgbench writes (paced at `rate`/s, or as fast as it can when rate is 0)."""
+        k = self.args.live_k
+        db = self.new_db(label)
+        workdir = os.path.join(self.work, db)
+        os.makedirs(workdir)
+        nginx = Nginx(workdir, k, self.args.nginx_workers)
+        nginx.start()
+        daemon = None
+        try:
+            ports = self.add_subscribers(db, nginx)
+            daemon = Daemon(self, db, os.path.join(self.out, f"daemon-{db}.log"))
+            daemon.start()
+            time.sleep(1.0)
+            # warm-up: connections, LISTEN, curl keep-alive; excluded from the figures
+            self.fill(db, 30, "bench-warmup")
+            self.wait_delivered(db, nginx, daemon, 30 * k, f"{label} warm-up")
+            warm_max = int(self.pg.value("SELECT coalesce(max(id), 0) FROM consent_sync.changes", db))
+            script = pgbench_script(os.path.join(workdir, "upsert.sql"), self.keys, "bench-live")
+            argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients), "-j", str(min(clients, 2))]
+            argv += ["-t", str(transactions)] if transactions else ["-T", str(seconds)]
+            if rate:
+                argv += ["--rate", str(rate)]
+            watch = Stopwatch(self, daemon, nginx)
+            before = watch.sample()
+            log(f"{label}: {' '.join(argv[1:])}")
+            producer = subprocess.run(argv, capture_output=True, text=True, env=self.pg.env(db), timeout=seconds + 120)
+            if producer.returncode != 0:
+                raise BenchError(f"pgbench failed: {producer.stderr[-2000:]}")
+            produced_by_pgbench = parse_pgbench(producer.stdout)
+            total = self.changes(db)
+            expected = total * k
+            self.wait_delivered(db, nginx, daemon, expected, label)
+            after = watch.sample()
+            daemon.rss()
+            daemon.stop()
+            daemon = None
+            nginx.stop()
+            ok, check, per = self.self_check(db, nginx, ports, label)
+            cpu = Stopwatch.delta(before, after)
+            measured = [(r[2], r[3]) for r in per.values() if r[1] > warm_max and r[3] is not None]
+            result = self.latency_figures(label, k, rate, seconds, clients, measured, cpu, produced_by_pgbench)
+            result.update(self_check="ok" if ok else "FAILED", check=check,
+                          peak_rss_mib=round(daemon_peak(watch) / 1024, 1))
+            return result
+        finally:
+            if daemon:
+                daemon.stop()
+            nginx.stop()
+            if not self.args.keep_databases:
+                self.pg.drop_db(db)
+
+    def latency_figures(self, label, k, rate, seconds, clients, measured, cpu, pgbench):
+        """measured: [(changed_at, receipt)] of every delivery of the producer's changes."""
+        if not measured:
+            raise BenchError(f"{label}: no delivery of the producer's changes was received")
+        latencies = sorted(1000.0 * (r - c) for c, r in measured)
+        commits = sorted({c for c, _ in measured})
+        receipts = sorted(r for _, r in measured)
+        n = len(latencies)
+        t0, t_last_commit = commits[0], commits[-1]
+        window = max(1e-9, t_last_commit - t0)
+        # backlog over time (deliveries committed but not yet received), from the timestamps alone
+        step = 0.1
+        buckets = int(window / step) + 1
+        made = [0] * (buckets + 1)
+        got = [0] * (buckets + 1)
+        for c in commits:
+            made[min(buckets, int((c - t0) / step))] += k
+        for r in receipts:
+            index = int((r - t0) / step)
+            if 0 <= index <= buckets:
+                got[index] += 1
+            elif index < 0:
+                got[0] += 1
+        backlog, level = [], 0
+        for i in range(buckets + 1):
+            level += made[i] - got[i]
+            backlog.append(level)
+        # least-squares slope of the backlog, over the production window after its first 10 %
+        xs = [i * step for i in range(int(buckets * 0.1), buckets)]
+        ys = [backlog[i] for i in range(int(buckets * 0.1), buckets)]
+        slope = 0.0
+        if len(xs) > 2:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+        growth = slope * window
+        tail = receipts[-1] - t_last_commit
+        flat = growth <= max(0.01 * n, 10 * k) and tail <= 1.0
+        # per-second percentiles for the plot
+        series = {}
+        for c, r in measured:
+            series.setdefault(int(r - t0), []).append(1000.0 * (r - c))
+        timeline = []
+        for second in sorted(series):
+            values = sorted(series[second])
+            backlog_at = backlog[min(len(backlog) - 1, max(0, int((second + 1) / step) - 1))]
+            timeline.append({"second": second, "deliveries": len(values), "p50_ms": percentile(values, 50),
+                             "p95_ms": percentile(values, 95), "p99_ms": percentile(values, 99), "max_ms": values[-1],
+                             "backlog": backlog_at})
+        result = {
+            "scenario": label, "k": k, "target_rate": rate or "max", "seconds": round(window, 2), "producer_clients": clients,
+            "changes": len(commits), "deliveries": n,
+            "produced_per_s": round(len(commits) / window, 1),
+            "pgbench_tps": pgbench.get("tps"), "pgbench_latency_avg_ms": pgbench.get("latency_avg_ms"),
+            "deliveries_per_s": round(n / max(1e-9, receipts[-1] - t0), 1),
+            "latency_p50_ms": round(percentile(latencies, 50), 2), "latency_p95_ms": round(percentile(latencies, 95), 2),
+            "latency_p99_ms": round(percentile(latencies, 99), 2), "latency_max_ms": round(latencies[-1], 2),
+            "latency_mean_ms": round(sum(latencies) / n, 2),
+            "backlog_max": max(backlog), "backlog_growth_over_run": round(growth, 1), "drain_tail_s": round(tail, 3),
+            "backlog_flat": flat,
+            "daemon_cpu_us_per_delivery": round(1e6 * cpu["daemon"] / n, 1),
+            "daemon_cpu_s_per_1000": round(1000 * cpu["daemon"] / n, 4),
+            "pg_cpu_us_per_delivery_incl_producer": round(1e6 * cpu["pg"] / n, 1),
+            "nginx_cpu_us_per_delivery": round(1e6 * cpu["nginx"] / n, 1),
+            "box_cpu_busy_pct": round(cpu["box_busy_pct"], 1),
+            "foreign_cpu_pct": round(cpu["foreign_cpu_pct"], 1), "load1": round(cpu["load1"], 2),
+            "timeline": timeline,
+        }
+        log(f"{label}: produced {result['produced_per_s']}/s, delivered {result['deliveries_per_s']}/s; latency ms p50 "
+            f"{result['latency_p50_ms']} p95 {result['latency_p95_ms']} p99 {result['latency_p99_ms']} max {result['latency_max_ms']}; "
+            f"backlog {'flat' if flat else 'NOT flat'} (max {max(backlog)}, growth {growth:.0f}, tail {tail:.3f} s)")
+        return result
+
+    def scenario_live(self):
+        for run in range(self.args.repeat):
+            result = self.attempt("live", lambda: self.live("live", self.args.live_rate, self.args.live_seconds, self.args.live_clients))
+            if not result:
+                continue
+            result["run"] = run + 1
+            self.live_series = result
+            self.write_timeline(result, f"live-timeline-{run + 1}.csv")
+            self.record(result)
+
+    def scenario_maxlive(self):
+        for run in range(self.args.repeat):
+            result = self.attempt("maxlive", lambda: self.live("maxlive", 0, self.args.maxlive_seconds, self.args.maxlive_clients,
+                                                               transactions=self.args.maxlive_transactions))
+            if not result:
+                continue
+            result["run"] = run + 1
+            self.write_timeline(result, f"maxlive-timeline-{run + 1}.csv")
+            self.record(result)
+
+    def write_timeline(self, result, name):
+        with open(os.path.join(self.out, name), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["second", "deliveries", "p50_ms", "p95_ms", "p99_ms", "max_ms", "backlog"])
+            writer.writeheader()
+            for row in result["timeline"]:
+                writer.writerow({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()})
+
+    def scenario_producer(self):
+        """pgbench upserts on consent_sync.consents with and without the capture trigger."""
+        db = self.new_db("producer")
+        workdir = os.path.join(self.work, db)
+        os.makedirs(workdir)
+        try:
+            # every key exists already (written without the trigger), so the runs are updates
+            self.pg.psql("ALTER TABLE consent_sync.consents DISABLE TRIGGER consent_sync_capture", db)
+            self.fill(db, self.keys, "bench-preload")
+            self.pg.psql("VACUUM ANALYZE consent_sync.consents; CHECKPOINT", db)
+            script = pgbench_script(os.path.join(workdir, "upsert.sql"), self.keys, "bench-producer")
+            for clients in self.args.producer_clients:
+                for trigger in (True, False):
+                    self.pg.psql(f"ALTER TABLE consent_sync.consents {'ENABLE' if trigger else 'DISABLE'} TRIGGER consent_sync_capture", db)
+                    argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients),
+                            "-j", str(min(clients, 2)), "-T", str(self.args.producer_seconds)]
+                    changes0 = self.changes(db)
+                    run = subprocess.run(argv, capture_output=True, text=True, env=self.pg.env(db), timeout=self.args.producer_seconds + 120)
+                    if run.returncode != 0:
+                        raise BenchError(f"pgbench failed: {run.stderr[-2000:]}")
+                    figures = parse_pgbench(run.stdout)
+                    captured = self.changes(db) - changes0
+                    if trigger and figures.get("transactions") and captured != figures["transactions"]:
+                        message = f"producer: {figures['transactions']} transactions but {captured} captured changes"
+                        log("SELF-CHECK FAILED: " + message)
+                        self.failures.append(message)
+                    result = {"scenario": "producer", "clients": clients, "trigger": trigger, "seconds": self.args.producer_seconds,
+                              "tps": figures.get("tps"), "latency_avg_ms": figures.get("latency_avg_ms"),
+                              "transactions": figures.get("transactions"), "captured_changes": captured}
+                    log(f"producer: {clients} clients, trigger {'on ' if trigger else 'off'}: {figures.get('tps')} tps, "
+                        f"{figures.get('latency_avg_ms')} ms average")
+                    self.record(result)
+                    self.pg.psql("CHECKPOINT", db)
+            self.pg.psql("ALTER TABLE consent_sync.consents ENABLE TRIGGER consent_sync_capture", db)
+        finally:
+            if not self.args.keep_databases:
+                self.pg.drop_db(db)
+
+    def scenario_plot(self):
+        if not self.live_series:
+            log("plot: no live run to plot")
+            return
+        if not shutil.which("gnuplot"):
+            log("plot: gnuplot is missing; skipping the PNG (the CSV is there)")
+            return
+        data = os.path.join(self.out, f"live-timeline-{self.live_series.get('run', 1)}.csv")
+        png = os.path.join(self.out, "live-latency.png")
+        r = self.live_series
+        title = (f"consent-sync live: {r['produced_per_s']:.0f} changes/s x K={r['k']}, commit-to-receipt latency per second "
+                 f"(p50 {r['latency_p50_ms']} / p99 {r['latency_p99_ms']} ms overall)")
+        script = f"""
+set terminal pngcairo size 1200,700 font ",10"
+set output '{png}'
+set datafile separator ','
+set key autotitle columnhead top left
+set multiplot layout 2,1 title "{title}"
+set ylabel 'latency (ms)'
+set logscale y
+set grid
+plot '{data}' using 1:3 with lines lw 2 title 'p50', '' using 1:4 with lines lw 2 title 'p95', \\
+     '' using 1:5 with lines lw 2 title 'p99', '' using 1:6 with lines lw 1 dt 2 title 'max'
+unset logscale y
+set xlabel 'seconds since the producer started'
+set ylabel 'backlog (deliveries)'
+plot '{data}' using 1:7 with lines lw 2 title 'backlog (committed, not yet received)'
+unset multiplot
+"""
+        gp = os.path.join(self.work, "plot.gp")
+        with open(gp, "w") as f:
+            f.write(script)
+        result = subprocess.run(["gnuplot", gp], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0 and "pngcairo" in result.stderr:
+            with open(gp, "w") as f:
+                f.write(script.replace("pngcairo size 1200,700 font \",10\"", "png size 1200,700"))
+            result = subprocess.run(["gnuplot", gp], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            log(f"plot: gnuplot failed: {result.stderr.strip()}")
+            return
+        log(f"plot: {png}")
+
+    # -- profiling ----------------------------------------------------------------------------
+
+    def scenario_profile(self):
+        """perf (cpu-clock, whole box) + pg_stat_statements on a drain; callgrind on a small drain."""
+        prof = os.path.join(self.out, "profile")
+        os.makedirs(prof, exist_ok=True)
+        summary = {"scenario": "profile"}
+        loaded = self.pg.value("SHOW shared_preload_libraries")
+        statements = "pg_stat_statements" in loaded
+        if not statements:
+            try:
+                self.pg.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                self.pg.restart()
+                statements = True
+                log("profile: PostgreSQL restarted with pg_stat_statements")
+            except Exception as error:
+                log(f"profile: could not load pg_stat_statements ({error}); going on without it")
+        perf_bin = shutil.which("perf")
+        perf_data = os.path.join(prof, "perf.data")
+
+        def perf_start(daemon):
+            if not perf_bin:
+                return None
+            return start_process([perf_bin, "record", "-a", "-g", "-e", "cpu-clock", "-F", "499", "-o", perf_data],
+                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(prof, "perf-record.log"), "w"))
+
+        result = self.drain("profile-drain", self.args.profile_changes, self.args.drain_k,
+                            perf=perf_start if perf_bin else None, statements=statements)
+        summary["drain"] = {k: v for k, v in result.items() if k != "check"}
+        if perf_bin and os.path.exists(perf_data):
+            summary["perf_by_command"] = self.perf_report(perf_data, ["--sort", "comm", "-g", "none"], os.path.join(prof, "perf-by-comm.txt"))
+            summary["perf_by_dso_daemon"] = self.perf_report(perf_data, ["--comm", ",".join(self.daemon_comms()), "--sort", "dso", "-g", "none"],
+                                                             os.path.join(prof, "perf-daemon-by-dso.txt"))
+            self.perf_report(perf_data, ["--sort", "comm,dso,sym", "-g", "none"], os.path.join(prof, "perf-symbols.txt"), limit=0)
+            self.perf_report(perf_data, ["--sort", "comm,dso", "-g", "none"], os.path.join(prof, "perf-by-comm-dso.txt"), limit=0)
+        if self.args.callgrind and shutil.which("valgrind"):
+            out = os.path.join(prof, "callgrind.out")
+            wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no", "--collect-jumps=no"]
+            result = self.drain("callgrind-drain", self.args.callgrind_changes, self.args.drain_k, wrapper=wrapper)
+            summary["callgrind_drain"] = {k: v for k, v in result.items() if k != "check"}
+            time.sleep(1)
+            if os.path.exists(out):
+                for inclusive in ("no", "yes"):
+                    text = subprocess.run(["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=99", out],
+                                          capture_output=True, text=True, timeout=600).stdout
+                    text = demangle(text)
+                    with open(os.path.join(prof, f"callgrind-{'inclusive' if inclusive == 'yes' else 'self'}.txt"), "w") as f:
+                        f.write(text)
+                m = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", open(os.path.join(prof, "callgrind-self.txt")).read())
+                if m and result.get("deliveries"):
+                    instructions = int(m.group(1).replace(",", ""))
+                    summary["callgrind_instructions_per_delivery"] = round(instructions / result["deliveries"])
+        self.record(summary)
+
+    def renice(self):
+        """Our processes (this one, hence everything it starts, and PostgreSQL's) at --nice."""
+        targets = [os.getpid()]
+        postmaster = self.pg.postmaster_pid()
+        if postmaster:
+            targets += [postmaster] + children_of(postmaster)
+        for pid in targets:
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, self.args.nice)
+            except OSError as error:
+                log(f"nice {self.args.nice} for pid {pid}: {error}")
+        log(f"running at nice {self.args.nice} (harness, daemon, nginx, pgbench, PostgreSQL)")
+
+    def daemon_comms(self):
+        # thread names of the daemon show up as commands in perf; the main one is the binary's name
+        return ["consent-sync"]
+
+    def perf_report(self, data, options, path, limit=40):
+        run = subprocess.run(["perf", "report", "-i", data, "--stdio", "--percent-limit", "0.3", *options],
+                             capture_output=True, text=True, timeout=900)
+        text = demangle(run.stdout)
+        with open(path, "w") as f:
+            f.write(text)
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return lines[:limit] if limit else None
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def meta(self):
+        return {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(["scripts/bench/run.sh", *sys.argv[1:]]),
+            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "model": cpu_model()},
+            "postgres": getattr(self, "_pg_meta", None),
+            "settings": {k: v for k, v in vars(self.args).items()},
+        }
+
+    def write_outputs(self):
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump(self.meta() | {"results": self.results, "failures": self.failures}, f, indent=2, default=str)
+        flat = []
+        for r in self.results:
+            flat.append({k: v for k, v in r.items() if not isinstance(v, (dict, list))})
+        keys = []
+        for r in flat:
+            for k in r:
+                if k not in keys:
+                    keys.append(k)
+        with open(os.path.join(self.out, "results.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(flat)
+        table = self.table()
+        with open(os.path.join(self.out, "summary.txt"), "w") as f:
+            f.write(table + "\n")
+        print(table)
+        print(f"\nresults: {self.out}")
+
+    def table(self):
+        def fmt(v, digits=1):
+            if v is None:
+                return "-"
+            if isinstance(v, bool):
+                return "yes" if v else "NO"
+            if isinstance(v, float):
+                return f"{v:,.{digits}f}"
+            if isinstance(v, int):
+                return f"{v:,}"
+            return str(v)
+
+        lines = []
+        head = ["scenario", "K", "changes", "deliveries", "deliv/s", "produced/s", "daemon us/d", "PG us/d",
+                "RSS MiB", "p50 ms", "p95 ms", "p99 ms", "max ms", "flat", "check"]
+        rows = []
+        for r in self.results:
+            s = r["scenario"]
+            if s in ("nginx-alone", "producer", "profile"):
+                continue
+            pg = r.get("pg_cpu_us_per_delivery", r.get("pg_cpu_us_per_delivery_incl_producer"))
+            rows.append([s + (f"#{r['run']}" if r.get("run", 1) > 1 else ""), fmt(r.get("k")), fmt(r.get("changes")),
+                         fmt(r.get("deliveries")), fmt(r.get("deliveries_per_s"), 0), fmt(r.get("produced_per_s"), 0),
+                         fmt(r.get("daemon_cpu_us_per_delivery")), fmt(pg), fmt(r.get("peak_rss_mib")),
+                         fmt(r.get("latency_p50_ms"), 2), fmt(r.get("latency_p95_ms"), 2), fmt(r.get("latency_p99_ms"), 2),
+                         fmt(r.get("latency_max_ms"), 1), fmt(r.get("backlog_flat")), r.get("self_check", "-")])
+        if rows:
+            widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+            lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))))
+            for row in rows:
+                lines.append("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        nginx = [r for r in self.results if r["scenario"] == "nginx-alone"]
+        for r in nginx:
+            lines.append(f"\nreceiver alone (nginx, {self.args.nginx_workers} worker, {r['tool']}): {fmt(r.get('requests_per_s'), 0)} requests/s")
+        producer = [r for r in self.results if r["scenario"] == "producer"]
+        if producer:
+            lines.append("\nproducer cost (pgbench upsert on consent_sync.consents, tps):")
+            lines.append("  clients   trigger on   trigger off   cost")
+            for clients in self.args.producer_clients:
+                on = next((r["tps"] for r in producer if r["clients"] == clients and r["trigger"]), None)
+                off = next((r["tps"] for r in producer if r["clients"] == clients and not r["trigger"]), None)
+                cost = f"{100 * (1 - on / off):.0f}% fewer tps" if on and off else "-"
+                lines.append(f"  {clients:>7}   {fmt(on, 0):>10}   {fmt(off, 0):>11}   {cost}")
+        for r in self.results:
+            if r["scenario"] == "profile" and r.get("callgrind_instructions_per_delivery"):
+                lines.append(f"\ncallgrind: {r['callgrind_instructions_per_delivery']:,} daemon instructions per delivery")
+        if self.failures:
+            lines.append("\nSELF-CHECK FAILURES:")
+            lines.extend("  " + f for f in self.failures)
+        else:
+            lines.append("\nself-check: every no-fault scenario delivered every change to every subscriber exactly once, in per-subject order")
+        return "\n".join(lines)
+
+
+def daemon_peak(watch):
+    return watch.daemon.peak_rss_kib if watch.daemon else 0
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def demangle(text):
+    swift = shutil.which("swift-demangle") or shutil.which("swift")
+    if not swift:
+        return text
+    argv = [swift, "--simplified", "--compact"] if swift.endswith("swift-demangle") else [swift, "demangle", "--simplified", "--compact"]
+    try:
+        run = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=300)
+        return run.stdout if run.returncode == 0 and run.stdout else text
+    except (OSError, subprocess.TimeoutExpired):
+        return text
+
+
+def python_load(port, body, seconds, connections=16):
+    """A fallback load generator when wrk is missing: keep-alive POSTs over a few connections."""
+    import asyncio
+
+    request = (f"POST /hook HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\nwebhook-id: msg_py_1\r\n"
+               f"content-length: {len(body)}\r\n\r\n{body}").encode()
+
+    async def worker(deadline, counter):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.time() < deadline:
+            writer.write(request)
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            counter[0] += 1
+        writer.close()
+
+    async def main():
+        counter = [0]
+        deadline = time.time() + seconds
+        started = time.time()
+        await asyncio.gather(*(worker(deadline, counter) for _ in range(connections)))
+        return counter[0] / (time.time() - started)
+
+    return round(asyncio.run(main()), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# options: flags, each also settable as BENCH_<NAME> (e.g. BENCH_DRAIN_CHANGES=20000)
+
+
+def env_default(name, default, kind=str):
+    raw = os.environ.get("BENCH_" + name.upper())
+    if raw is None or raw == "":
+        return default
+    if kind is bool:
+        return raw not in ("0", "false", "no")
+    if kind == "ints":
+        return [int(x) for x in raw.split(",") if x]
+    return kind(raw)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="scripts/bench/run.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--smoke", action="store_true", default=env_default("smoke", False, bool),
+                   help="small and quick (CI): 2,000 changes, short live runs, small scaling steps")
+    p.add_argument("--scenarios", default=env_default("scenarios", ",".join(ALL_SCENARIOS)),
+                   help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} (default: all)")
+    p.add_argument("--profile", action="store_true", default=env_default("profile", False, bool),
+                   help="also profile: perf cpu-clock + pg_stat_statements on a drain, callgrind on a small drain (restarts PostgreSQL to load pg_stat_statements, so it runs last)")
+    p.add_argument("--binary", default=os.environ.get("BENCH_BINARY"), help="the consent-sync binary (run.sh builds it)")
+    p.add_argument("--output", default=env_default("output", None), help="results folder (default bench-results/<timestamp>)")
+    p.add_argument("--repeat", type=int, default=env_default("repeat", 1, int), help="runs of drain, live and maxlive (default 1)")
+    p.add_argument("--subjects", type=int, default=env_default("subjects", 20000, int), help=f"distinct subjects; x {len(PURPOSES)} purposes (default 20000)")
+    p.add_argument("--fill-batch", type=int, default=env_default("fill_batch", 10000, int), help="rows per transaction when filling a backlog")
+    p.add_argument("--drain-changes", type=int, default=env_default("drain_changes", None, int), help="drain: changes (default 100000)")
+    p.add_argument("--drain-k", type=int, default=env_default("drain_k", 3, int), help="drain and backlog: subscribers (default 3)")
+    p.add_argument("--live-k", type=int, default=env_default("live_k", 3, int), help="live and maxlive: subscribers (default 3)")
+    p.add_argument("--live-rate", type=int, default=env_default("live_rate", None, int), help="live: changes/s (default 1000)")
+    p.add_argument("--live-seconds", type=int, default=env_default("live_seconds", None, int), help="live: duration (default 30)")
+    p.add_argument("--live-clients", type=int, default=env_default("live_clients", 2, int), help="live: pgbench connections (default 2)")
+    p.add_argument("--maxlive-seconds", type=int, default=env_default("maxlive_seconds", None, int), help="maxlive: duration (default 20)")
+    p.add_argument("--maxlive-transactions", type=int, default=env_default("maxlive_transactions", None, int),
+                   help="maxlive: transactions per pgbench client instead of a duration (smoke: 500)")
+    p.add_argument("--stall-seconds", type=int, default=env_default("stall_seconds", None, int),
+                   help="fail a scenario when no request arrives for this long (default 60, smoke 20)")
+    p.add_argument("--nice", type=int, default=env_default("nice", 0, int),
+                   help="run the harness, daemon, nginx, pgbench and PostgreSQL at this nice level (e.g. -10 on a shared machine; negative needs root)")
+    p.add_argument("--maxlive-clients", type=int, default=env_default("maxlive_clients", 4, int), help="maxlive: pgbench connections (default 4)")
+    p.add_argument("--scaling-ks", type=ints, default=env_default("scaling_ks", None, "ints"), help="scaling: subscriber counts (default 1,3,10,30)")
+    p.add_argument("--scaling-deliveries", type=int, default=env_default("scaling_deliveries", None, int),
+                   help="scaling: deliveries per K (changes = this / K; default 150000)")
+    p.add_argument("--backlog-small", type=int, default=env_default("backlog_small", None, int), help="scaling: small pending backlog (default 10000)")
+    p.add_argument("--backlog-big", type=int, default=env_default("backlog_big", 1000000, int), help="scaling: big pending backlog (default 1000000)")
+    p.add_argument("--big-backlog", action="store_true", default=env_default("big_backlog", False, bool), help="run the big backlog too (slow)")
+    p.add_argument("--producer-seconds", type=int, default=env_default("producer_seconds", None, int), help="producer: seconds per pgbench run (default 10)")
+    p.add_argument("--producer-clients", type=ints, default=env_default("producer_clients", None, "ints"), help="producer: client counts (default 1,4,16)")
+    p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
+    p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
+    p.add_argument("--sub-max-in-flight", type=int, default=env_default("sub_max_in_flight", 64, int), help="subscriber add --max-in-flight (default 64)")
+    p.add_argument("--relay-max-in-flight", type=int, default=env_default("relay_max_in_flight", 512, int), help="CONSENT_SYNC_RELAY_MAX_IN_FLIGHT (default 512)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="CONSENT_SYNC_KEY=VALUE",
+                   help="extra setting for the daemon (repeatable), e.g. CONSENT_SYNC_RELAY_CLAIM_BATCH_SIZE=200")
+    p.add_argument("--daemon-log-level", default=env_default("daemon_log_level", "warning"), help="daemon log level (default warning)")
+    p.add_argument("--profile-changes", type=int, default=env_default("profile_changes", None, int), help="profile: drain changes under perf (default 50000)")
+    p.add_argument("--callgrind-changes", type=int, default=env_default("callgrind_changes", None, int), help="profile: drain changes under callgrind (default 2000)")
+    p.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="profile without callgrind")
+    p.add_argument("--keep-databases", action="store_true", help="do not drop the scenario databases (debugging)")
+    args = p.parse_args(argv)
+
+    full = dict(drain_changes=100000, live_rate=1000, live_seconds=30, maxlive_seconds=20, scaling_ks=[1, 3, 10, 30],
+                scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16],
+                nginx_seconds=5, profile_changes=50000, callgrind_changes=2000, stall_seconds=60)
+    smoke = dict(drain_changes=2000, live_rate=200, live_seconds=5, maxlive_seconds=5, scaling_ks=[1, 10],
+                 scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4],
+                 nginx_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500)
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in ALL_SCENARIOS + ["profile"]]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; choose from {ALL_SCENARIOS}")
+    if args.profile and "profile" not in args.scenarios:
+        args.scenarios.append("profile")
+    if not args.binary:
+        p.error("no consent-sync binary: set BENCH_BINARY or --binary (run.sh builds it)")
+    for item in args.daemon_env:
+        if not item.startswith("CONSENT_SYNC_") or "=" not in item:
+            p.error(f"--daemon-env {item!r}: expected CONSENT_SYNC_KEY=VALUE")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    bench = None
+    status = 0
+    try:
+        bench = Bench(args)
+        bench._pg_meta = {"version": bench.pg.version(), "settings": bench.pg.settings()}
+        if args.nice:
+            bench.renice()
+        log(f"results in {bench.out}; PostgreSQL {bench._pg_meta['version']}; binary {args.binary}")
+        order = ["nginx", "drain", "live", "plot", "maxlive", "scaling", "producer", "profile"]
+        for name in [s for s in order if s in args.scenarios]:
+            started = time.time()
+            log(f"=== {name}")
+            try:
+                getattr(bench, f"scenario_{name}")()
+            except BenchError as error:
+                message = f"scenario {name} could not complete: {error}"
+                log(message)
+                bench.failures.append(message)
+            log(f"=== {name} took {time.time() - started:.0f} s")
+        bench.write_outputs()
+        status = 1 if bench.failures else 0
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        status = 130
+    except BenchError as error:
+        log(f"error: {error}")
+        status = 1
+    finally:
+        stop_everything()
+        if bench is not None:
+            shutil.rmtree(bench.work, ignore_errors=True)
+    if status == 1:
+        print("\nBENCHMARK FAILED (see the messages above)", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
