@@ -16,6 +16,9 @@ new_secret() { python3 -c 'import base64, os; print("whsec_" + base64.b64encode(
 
 export CONSENT_SYNC_LOG_LEVEL="${CONSENT_SYNC_LOG_LEVEL:-info}"
 export CONSENT_SYNC_RELAY_POLL_INTERVAL_MS=1000
+# The sample receivers are plain http on loopback, which a production setup refuses.
+export CONSENT_SYNC_HTTP_ALLOWED_SCHEMES="https, http"
+export CONSENT_SYNC_HTTP_ALLOW_NETWORKS="127.0.0.0/8"
 
 echo "== migrate"
 "$bin" migrate

@@ -2,9 +2,10 @@
 ///
 /// Certificate and host name verification is always on and cannot be turned
 /// off; these options only choose what to trust and which identity to present.
-/// Requests with different options never share a connection (libcurl keys its
-/// connection cache on them), so one subscriber's client certificate is never
-/// presented on another's behalf.
+/// Requests with a different CA bundle or client certificate never share a
+/// kept-alive connection (libcurl matches the TLS configuration before reusing
+/// one; a test holds it to that), so one subscriber's client certificate is
+/// never presented on another's behalf.
 public struct TLSOptions: Sendable, Hashable {
     /// A PEM file of CA certificates to trust instead of the system store
     /// (`CURLOPT_CAINFO`). Nil: the system store.

@@ -111,7 +111,7 @@ public struct DaemonProcessError: Error, CustomStringConvertible {
 
 extension TestDatabase {
     /// Environment that points a child `consent-sync` at this database (and nothing else of
-    /// the parent's `CONSENT_SYNC_*`).
+    /// the parent's `CONSENT_SYNC_*`), with webhooks to http on loopback allowed.
     public var daemonEnvironment: [String: String] {
         var environment: [String: String] = [:]
         let parent = ProcessInfo.processInfo.environment
@@ -119,6 +119,9 @@ extension TestDatabase {
             if let value = parent[key] { environment[key] = value }
         }
         environment["PGDATABASE"] = name
+        // Test receivers listen on plain http on loopback, which production refuses.
+        environment["CONSENT_SYNC_HTTP_ALLOWED_SCHEMES"] = "https, http"
+        environment["CONSENT_SYNC_HTTP_ALLOW_NETWORKS"] = "127.0.0.0/8, ::1/128"
         let base = Self.baseConfiguration.connectionString
         if base.hasPrefix("postgres://") || base.hasPrefix("postgresql://"), var components = URLComponents(string: base) {
             components.path = "/" + name

@@ -1,5 +1,6 @@
 import ConsentSyncCore
 import ConsentSyncEngine
+import ConsentSyncHTTP
 import ConsentSyncLogging
 import ConsentSyncPostgres
 import Foundation
@@ -15,6 +16,7 @@ struct AppConfiguration: Sendable {
     var relay: Relay.Configuration
     var log: LogSettings
     var ops: OpsSettings
+    var http: HTTPSettings
     /// The config file that was read; nil when there was none (defaults and environment only).
     var file: String?
     /// Every key, its effective value (secrets redacted) and where it came from.
@@ -99,6 +101,21 @@ extension LogSettings {
         let control = LogLevelControl(self.level)
         ConsentSyncLogHandler.bootstrap(format: self.format, control: control, redactor: self.subjectRedactor, environment: environment)
         return control
+    }
+}
+
+/// Where webhooks may go (`http.*`).
+struct HTTPSettings: Sendable {
+    /// `http.allowed_schemes`: https only unless http is named too.
+    var allowedSchemes: Set<String>
+    /// Loopback, private, link-local, CGNAT, multicast and other non-public addresses are
+    /// refused at connect time unless `http.allow_networks` lists them.
+    var addressPolicy: AddressPolicy
+    /// `http.proxy`: only an explicit proxy is ever used.
+    var proxy: String?
+
+    func client(userAgent: String) -> HTTPClient.Configuration {
+        HTTPClient.Configuration(proxy: proxy, userAgent: userAgent, addressPolicy: addressPolicy, allowedSchemes: allowedSchemes)
     }
 }
 
@@ -224,11 +241,42 @@ extension ConfigLoader {
         }
         let healthWindow = self.milliseconds("ops.health_window_ms", default: .seconds(30), in: 1000...3_600_000)
 
+        // Webhook targets: https only and public addresses only, unless allowed here.
+        let (schemesText, schemesOrigin) = self.text("http.allowed_schemes", default: "https")
+        var schemes: Set<String> = []
+        for scheme in schemesText.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) where !scheme.isEmpty {
+            if scheme == "http" || scheme == "https" {
+                schemes.insert(scheme)
+            } else {
+                self.fail("http.allowed_schemes", schemesOrigin, "\(ConfigLoader.show(scheme)) is not a scheme consent-sync sends to; use https, or \"https, http\"")
+            }
+        }
+        if schemes.isEmpty {
+            self.fail("http.allowed_schemes", schemesOrigin, "no scheme left; use https, or \"https, http\"")
+            schemes = ["https"]
+        }
+        let (networksText, networksOrigin) = self.text("http.allow_networks", default: "")
+        var networks: [IPNetwork] = []
+        for entry in networksText.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
+            do {
+                networks.append(try IPNetwork(entry))
+            } catch {
+                self.fail("http.allow_networks", networksOrigin, "\(error)")
+            }
+        }
+        let proxy = self.text("http.proxy", default: "").value
+
+
         return AppConfiguration(
             database: database,
             relay: relay,
             log: LogSettings(level: level, format: format, subjectHashKeyFile: subjectHashKeyFile, subjectRedactor: redactor ?? .random()),
             ops: OpsSettings(enabled: opsEnabled, host: listen.host, port: listen.port, healthWindow: healthWindow),
+            http: HTTPSettings(
+                allowedSchemes: schemes,
+                addressPolicy: AddressPolicy(allowedNetworks: networks),
+                proxy: proxy.isEmpty ? nil : proxy
+            ),
             file: self.document?.path,
             settings: self.settings,
             warnings: warnings,

@@ -26,6 +26,9 @@ enum ConfigSchema {
         "ops.enabled",
         "ops.listen",
         "ops.health_window_ms",
+        "http.allowed_schemes",
+        "http.allow_networks",
+        "http.proxy",
     ]
 
     static let keySet = Set(keys)

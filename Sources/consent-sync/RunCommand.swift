@@ -35,7 +35,7 @@ struct RunCommand: AsyncParsableCommand {
         let (factory, registry) = Observability.makePrometheusFactory(version: ConsentSyncVersion.current)
         MetricsSystem.bootstrap(factory)
 
-        let http = HTTPClient(configuration: .init(userAgent: configuration.relay.userAgent), logger: logger)
+        let http = HTTPClient(configuration: configuration.http.client(userAgent: configuration.relay.userAgent), logger: logger)
         defer { http.shutdown() }
         let relay = Relay(configuration: configuration.relay, database: configuration.database, http: http, logger: logger)
         let systemd = SystemdService(health: relay.health, logger: logger)
@@ -62,7 +62,7 @@ struct RunCommand: AsyncParsableCommand {
         ])
 
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
-        let reloader = Reloader(options: options, relay: relay, logLevel: logLevel, systemd: systemd, logger: logger)
+        let reloader = Reloader(options: options, relay: relay, http: http, logLevel: logLevel, systemd: systemd, logger: logger)
         do {
             try await runUntilStopped(group: group, signals: signals, reloader: reloader, logger: logger)
         } catch is CancellationError {
@@ -105,6 +105,7 @@ struct RunCommand: AsyncParsableCommand {
 struct Reloader: Sendable {
     let options: ConfigOptions
     let relay: Relay
+    let http: HTTPClient
     let logLevel: LogLevelControl
     let systemd: SystemdService
     let logger: Logger
@@ -115,6 +116,7 @@ struct Reloader: Sendable {
         do {
             let updated = try await options.load()
             relay.reconfigure(updated.relay)
+            http.updateAddressPolicy(updated.http.addressPolicy)
             logLevel.level = updated.log.level
             logger.info("configuration reloaded", metadata: ["log_level": "\(updated.log.level)"])
         } catch {

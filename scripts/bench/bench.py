@@ -309,7 +309,10 @@ class Postgres:
             import pwd
             argv = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--"] + argv
         log_path = os.path.join(os.path.dirname(self.pgdata), "server.log")
-        subprocess.run(argv + ["-l", log_path], check=True, capture_output=True, timeout=120)
+        run = subprocess.run(argv + ["-l", log_path], capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            tail = open(log_path, errors="replace").read()[-600:] if os.path.exists(log_path) else ""
+            raise BenchError(f"pg_ctl restart failed: {run.stderr.strip()} {tail}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -805,11 +808,23 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         daemon = None
         try:
             ports = self.add_subscribers(db, nginx)
+            history = self.args.drain_history if not paused_backlog else 0
+            if history:
+                # a database that has been in use: earlier changes delivered, statistics gathered
+                warm = Daemon(self, db, os.path.join(self.out, f"daemon-{db}-history.log"))
+                warm.start()
+                self.fill(db, history, "bench-history")
+                self.wait_delivered(db, nginx, warm, history * k, f"{label} history")
+                warm.stop()
+                self.pg.psql("VACUUM ANALYZE consent_sync.changes; VACUUM ANALYZE consent_sync.deliveries;", db)
+                nginx.received()
+                log(f"{label}: {history} earlier changes delivered and analysed first")
+            received_before = nginx.received()
             t = time.time()
             self.fill(db, changes)
             fill_seconds = time.time() - t
-            total = self.changes(db)
-            expected = total * k
+            total = self.changes(db) - history
+            expected = total * k + received_before
             log(f"{label}: {total} changes committed in {fill_seconds:.1f} s; {expected} deliveries to make")
             if paused_backlog:
                 self.set_subscribers_paused(db, True)
@@ -853,11 +868,13 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                     "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
                     "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                     "ORDER BY total_exec_time DESC LIMIT 15", db)
+            pids = {"daemon_pid": daemon.pid, "pg_pids": [p for p in [self.pg.postmaster_pid()] if p] + children_of(self.pg.postmaster_pid() or -1)}
             daemon.stop(timeout=300 if wrapper else 40)
             daemon = None
             nginx.stop()
             ok, check, per = self.self_check(db, nginx, ports, label)
-            receipts = sorted(r[3] for r in per.values() if r[3] is not None)
+            history_max = int(self.pg.value("SELECT coalesce(max(id), 0) FROM consent_sync.changes WHERE source = 'bench-history'", db)) if history else 0
+            receipts = sorted(r[3] for r in per.values() if r[3] is not None and r[1] > history_max)
             cpu = Stopwatch.delta(before, after)
             n = len(receipts)
             elapsed = (max(receipts) - started) if receipts else None
@@ -867,6 +884,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 middle = (int(n * 0.9) - int(n * 0.1)) / (hi - lo) if hi > lo else None
             result = {
                 "scenario": label, "k": k, "changes": total, "deliveries": n, "fill_seconds": round(fill_seconds, 2),
+                "history_changes": history,
                 "seconds": round(elapsed, 3) if elapsed else None,
                 "deliveries_per_s": round(n / elapsed, 1) if elapsed else None,
                 "deliveries_per_s_10_90pct": round(middle, 1) if middle else None,
@@ -883,6 +901,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 "pg_transactions_per_delivery": round((xact1 - xact0) / n, 3) if n else None,
                 "self_check": "ok" if ok else "FAILED", "check": check,
             }
+            result.update(pids)
             if stmt_rows:
                 result["pg_stat_statements"] = [
                     {"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "query": r[4]}
@@ -1164,45 +1183,86 @@ unset multiplot
     # -- profiling ----------------------------------------------------------------------------
 
     def scenario_profile(self):
-        """perf (cpu-clock, whole box) + pg_stat_statements on a drain; callgrind on a small drain."""
+        """perf (cpu-clock, whole box) + pg_stat_statements on a drain; the slow statements' plans
+        (auto_explain) on another; callgrind of the daemon on a small drain."""
         prof = os.path.join(self.out, "profile")
         os.makedirs(prof, exist_ok=True)
         summary = {"scenario": "profile"}
         loaded = self.pg.value("SHOW shared_preload_libraries")
-        statements = "pg_stat_statements" in loaded
+        statements = "pg_stat_statements" in loaded and "auto_explain" in loaded
         if not statements:
             try:
-                self.pg.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-                self.pg.restart()
+                self.pg.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', 'auto_explain'")
+                try:
+                    self.pg.restart()
+                except Exception:
+                    # back to how it was, so that PostgreSQL runs again for what follows
+                    auto = os.path.join(self.pg.pgdata, "postgresql.auto.conf")
+                    with open(auto) as f:
+                        kept = [line for line in f if not line.startswith("shared_preload_libraries")]
+                    with open(auto, "w") as f:
+                        f.writelines(kept)
+                    self.pg.restart()
+                    raise
+                if self.args.nice:
+                    self.renice()
                 statements = True
-                log("profile: PostgreSQL restarted with pg_stat_statements")
+                log("profile: PostgreSQL restarted with pg_stat_statements and auto_explain")
             except Exception as error:
-                log(f"profile: could not load pg_stat_statements ({error}); going on without it")
+                log(f"profile: could not load pg_stat_statements/auto_explain ({error}); going on without them")
         perf_bin = shutil.which("perf")
         perf_data = os.path.join(prof, "perf.data")
 
         def perf_start(daemon):
-            if not perf_bin:
-                return None
-            return start_process([perf_bin, "record", "-a", "-g", "-e", "cpu-clock", "-F", "499", "-o", perf_data],
+            return start_process([perf_bin, "record", "-a", "-g", "-e", "cpu-clock", "-F", "999", "-o", perf_data],
                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(prof, "perf-record.log"), "w"))
 
-        result = self.drain("profile-drain", self.args.profile_changes, self.args.drain_k,
-                            perf=perf_start if perf_bin else None, statements=statements)
-        summary["drain"] = {k: v for k, v in result.items() if k != "check"}
-        if perf_bin and os.path.exists(perf_data):
-            summary["perf_by_command"] = self.perf_report(perf_data, ["--sort", "comm", "-g", "none"], os.path.join(prof, "perf-by-comm.txt"))
-            summary["perf_by_dso_daemon"] = self.perf_report(perf_data, ["--comm", ",".join(self.daemon_comms()), "--sort", "dso", "-g", "none"],
-                                                             os.path.join(prof, "perf-daemon-by-dso.txt"))
-            self.perf_report(perf_data, ["--sort", "comm,dso,sym", "-g", "none"], os.path.join(prof, "perf-symbols.txt"), limit=0)
-            self.perf_report(perf_data, ["--sort", "comm,dso", "-g", "none"], os.path.join(prof, "perf-by-comm-dso.txt"), limit=0)
-        if self.args.callgrind and shutil.which("valgrind"):
+        result = self.attempt("profile-drain", lambda: self.drain("profile-drain", self.args.profile_changes, self.args.drain_k,
+                                                                  perf=perf_start if perf_bin else None, statements=statements))
+        if result:
+            summary["drain"] = {k: v for k, v in result.items() if k != "check"}
+            if result.get("pg_stat_statements"):
+                with open(os.path.join(prof, "pg_stat_statements.txt"), "w") as f:
+                    f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'rows':>8}  query\n")
+                    for q in result["pg_stat_statements"]:
+                        f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} {q['rows']:>8}  {q['query']}\n")
+        if result and perf_bin and os.path.exists(perf_data):
+            pid = str(result["daemon_pid"])
+            pg_pids = ",".join(str(p) for p in result["pg_pids"])
+            reports = {
+                "perf-by-command.txt": ["--sort", "comm", "--no-children", "-g", "none"],
+                "perf-daemon-symbols.txt": ["--pid", pid, "--sort", "dso,sym", "--no-children", "-g", "none"],
+                "perf-daemon-callers.txt": ["--pid", pid, "--children", "--sort", "sym", "-g", "none"],
+                "perf-postgres-symbols.txt": ["--pid", pg_pids, "--sort", "sym", "--no-children", "-g", "none"],
+                "perf-postgres-callers.txt": ["--pid", pg_pids, "--children", "--sort", "sym", "-g", "none"],
+            }
+            for name, options in reports.items():
+                lines = self.perf_report(perf_data, options, os.path.join(prof, name))
+                summary[name] = lines[:25]
+            for who, pids in (("daemon", pid), ("postgres", pg_pids)):
+                by_dso = self.perf_by_dso(perf_data, pids)
+                summary[f"perf_{who}_by_dso"] = by_dso
+                with open(os.path.join(prof, f"perf-{who}-by-dso.txt"), "w") as f:
+                    f.write(f"share of the {who}'s CPU samples by library (perf cpu-clock)\n")
+                    for dso, pct in by_dso.items():
+                        f.write(f"{pct:6.1f}%  {dso}\n")
+        if statements:
+            result = self.attempt("explain-drain", lambda: self.explain_drain(prof))
+            if result:
+                summary["explain_drain"] = result
+        callgrind_binary = self.callgrind_preflight(prof) if self.args.callgrind else None
+        if callgrind_binary:
             out = os.path.join(prof, "callgrind.out")
             wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no", "--collect-jumps=no"]
-            result = self.drain("callgrind-drain", self.args.callgrind_changes, self.args.drain_k, wrapper=wrapper)
-            summary["callgrind_drain"] = {k: v for k, v in result.items() if k != "check"}
+            original, self.binary = self.binary, callgrind_binary
+            try:
+                result = self.attempt("callgrind-drain", lambda: self.drain("callgrind-drain", self.args.callgrind_changes, self.args.drain_k, wrapper=wrapper))
+            finally:
+                self.binary = original
+            if result:
+                summary["callgrind_drain"] = {k: v for k, v in result.items() if k != "check"}
             time.sleep(1)
-            if os.path.exists(out):
+            if result and os.path.exists(out):
                 for inclusive in ("no", "yes"):
                     text = subprocess.run(["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=99", out],
                                           capture_output=True, text=True, timeout=600).stdout
@@ -1212,8 +1272,69 @@ unset multiplot
                 m = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", open(os.path.join(prof, "callgrind-self.txt")).read())
                 if m and result.get("deliveries"):
                     instructions = int(m.group(1).replace(",", ""))
+                    summary["callgrind_instructions"] = instructions
                     summary["callgrind_instructions_per_delivery"] = round(instructions / result["deliveries"])
         self.record(summary)
+
+    def callgrind_preflight(self, prof):
+        """A copy of the binary without DWARF (valgrind 3.19 cannot read Swift 6's DWARF 5; the
+        symbol table is enough for callgrind), if valgrind can run it at all; else None."""
+        if not shutil.which("valgrind"):
+            log("profile: valgrind is missing; no callgrind")
+            return None
+        copy = os.path.join(self.work, "consent-sync-nodebug")
+        if subprocess.run(["objcopy", "--strip-debug", self.binary, copy], capture_output=True).returncode != 0:
+            shutil.copy(self.binary, copy)
+        probe = subprocess.run(["valgrind", "--tool=none", copy, "--version"], capture_output=True, text=True, timeout=300)
+        if probe.returncode != 0 or "INTERNAL ERROR" in probe.stderr:
+            with open(os.path.join(prof, "valgrind-failure.txt"), "w") as f:
+                f.write(probe.stderr)
+            reason = next((line for line in probe.stderr.splitlines() if "INTERNAL ERROR" in line or "impossible" in line), "failed")
+            log(f"profile: valgrind cannot run consent-sync here ({reason.strip()}); no callgrind (see profile/valgrind-failure.txt)")
+            self.failures_soft = getattr(self, "failures_soft", []) + ["callgrind: valgrind cannot run the binary"]
+            return None
+        return copy
+
+    def explain_drain(self, prof):
+        """A drain with auto_explain logging (ANALYZE, BUFFERS) every statement slower than
+        --explain-min-ms: the plans of the expensive statements, in profile/slow-plans.txt."""
+        server_log = os.path.join(os.path.dirname(self.pg.pgdata), "server.log")
+        offset = os.path.getsize(server_log) if os.path.exists(server_log) else 0
+        self.pg.psql(f"ALTER SYSTEM SET auto_explain.log_min_duration = '{self.args.explain_min_ms}ms';"
+                     "ALTER SYSTEM SET auto_explain.log_analyze = on; ALTER SYSTEM SET auto_explain.log_buffers = on;"
+                     "SELECT pg_reload_conf();")
+        try:
+            result = self.drain("explain-drain", self.args.profile_changes, self.args.drain_k)
+        finally:
+            self.pg.psql("ALTER SYSTEM RESET auto_explain.log_min_duration; ALTER SYSTEM RESET auto_explain.log_analyze;"
+                         "ALTER SYSTEM RESET auto_explain.log_buffers; SELECT pg_reload_conf();")
+        with open(server_log, errors="replace") as f:
+            f.seek(offset)
+            text = f.read()
+        # entries start with a timestamp line containing "duration: N ms  plan:"
+        entries = re.split(r"\n(?=\S+ \S+ \S+ \[\d+\] LOG:  duration: )", "\n" + text)
+        plans = []
+        for entry in entries:
+            m = re.search(r"LOG:  duration: ([\d.]+) ms  plan:", entry)
+            if m:
+                plans.append((float(m.group(1)), entry.strip()))
+        kinds = {}
+        for duration, entry in plans:
+            m = re.search(r"Query Text: (.{0,80})", entry)
+            key = re.sub(r"\s+", " ", m.group(1)) if m else "?"
+            kinds.setdefault(key, []).append(duration)
+        plans.sort(key=lambda p: -p[0])
+        with open(os.path.join(prof, "slow-plans.txt"), "w") as f:
+            f.write(f"statements slower than {self.args.explain_min_ms} ms during explain-drain, by query (count, total ms, max ms):\n")
+            for key, durations in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
+                f.write(f"  {len(durations):>6} {sum(durations):>10.1f} {max(durations):>8.1f}  {key}\n")
+            f.write("\nthe three slowest plans, then the median one of the slowest query:\n")
+            for duration, entry in plans[:3]:
+                f.write("\n" + entry + "\n")
+            if plans:
+                f.write("\n" + plans[len(plans) // 2][1] + "\n")
+        return {"deliveries_per_s": result.get("deliveries_per_s"), "slow_statements": len(plans),
+                "slow_by_query": {k: {"count": len(v), "total_ms": round(sum(v), 1), "max_ms": max(v)} for k, v in kinds.items()}}
 
     def renice(self):
         """Our processes (this one, hence everything it starts, and PostgreSQL's) at --nice."""
@@ -1228,12 +1349,20 @@ unset multiplot
                 log(f"nice {self.args.nice} for pid {pid}: {error}")
         log(f"running at nice {self.args.nice} (harness, daemon, nginx, pgbench, PostgreSQL)")
 
-    def daemon_comms(self):
-        # thread names of the daemon show up as commands in perf; the main one is the binary's name
-        return ["consent-sync"]
+    def perf_by_dso(self, data, pids):
+        """Percent of samples per library, summed from a dso,sym report (perf's own dso view
+        is unreliable with --pid)."""
+        run = subprocess.run(["perf", "report", "-i", data, "--stdio", "--percentage", "relative", "--pid", pids,
+                              "--no-children", "--sort", "dso,sym", "-g", "none"], capture_output=True, text=True, timeout=900)
+        totals = {}
+        for line in run.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[", line)
+            if m:
+                totals[m.group(2)] = totals.get(m.group(2), 0.0) + float(m.group(1))
+        return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v >= 0.1}
 
     def perf_report(self, data, options, path, limit=40):
-        run = subprocess.run(["perf", "report", "-i", data, "--stdio", "--percent-limit", "0.3", *options],
+        run = subprocess.run(["perf", "report", "-i", data, "--stdio", "--percentage", "relative", "--percent-limit", "0.3", *options],
                              capture_output=True, text=True, timeout=900)
         text = demangle(run.stdout)
         with open(path, "w") as f:
@@ -1410,6 +1539,8 @@ def parse_args(argv):
     p.add_argument("--subjects", type=int, default=env_default("subjects", 20000, int), help=f"distinct subjects; x {len(PURPOSES)} purposes (default 20000)")
     p.add_argument("--fill-batch", type=int, default=env_default("fill_batch", 10000, int), help="rows per transaction when filling a backlog")
     p.add_argument("--drain-changes", type=int, default=env_default("drain_changes", None, int), help="drain: changes (default 100000)")
+    p.add_argument("--drain-history", type=int, default=env_default("drain_history", 0, int),
+                   help="drain and scaling: changes delivered (and ANALYZEd) before the backlog, as in a database in use (default 0: a fresh database)")
     p.add_argument("--drain-k", type=int, default=env_default("drain_k", 3, int), help="drain and backlog: subscribers (default 3)")
     p.add_argument("--live-k", type=int, default=env_default("live_k", 3, int), help="live and maxlive: subscribers (default 3)")
     p.add_argument("--live-rate", type=int, default=env_default("live_rate", None, int), help="live: changes/s (default 1000)")
@@ -1440,6 +1571,8 @@ def parse_args(argv):
     p.add_argument("--daemon-log-level", default=env_default("daemon_log_level", "warning"), help="daemon log level (default warning)")
     p.add_argument("--profile-changes", type=int, default=env_default("profile_changes", None, int), help="profile: drain changes under perf (default 50000)")
     p.add_argument("--callgrind-changes", type=int, default=env_default("callgrind_changes", None, int), help="profile: drain changes under callgrind (default 2000)")
+    p.add_argument("--explain-min-ms", type=int, default=env_default("explain_min_ms", 20, int),
+                   help="profile: auto_explain threshold for the plans of slow statements (default 20)")
     p.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="profile without callgrind")
     p.add_argument("--keep-databases", action="store_true", help="do not drop the scenario databases (debugging)")
     args = p.parse_args(argv)
