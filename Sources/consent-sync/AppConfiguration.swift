@@ -192,6 +192,8 @@ extension ConfigLoader {
         relay.drainTimeout = self.milliseconds("relay.drain_timeout_ms", default: relay.drainTimeout, in: 0...3_600_000)
         let source = self.text("relay.event_source", default: "").value
         if !source.isEmpty { relay.eventSource = source }
+        let disableAfter = self.integer("relay.disable_after_failing_seconds", default: 432_000, in: 0...31_536_000)
+        relay.disableAfterFailing = disableAfter == 0 ? nil : .seconds(disableAfter)
 
         var retry = RetryPolicy()
         retry.backoff.initial = self.milliseconds("retry.initial_delay_ms", default: retry.backoff.initial, in: 1...86_400_000)

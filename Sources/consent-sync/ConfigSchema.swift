@@ -15,6 +15,7 @@ enum ConfigSchema {
         "relay.backlog_interval_ms",
         "relay.drain_timeout_ms",
         "relay.event_source",
+        "relay.disable_after_failing_seconds",
         "retry.initial_delay_ms",
         "retry.max_delay_ms",
         "retry.max_attempts",

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ConsentSyncCore
 import ConsentSyncEngine
+import ConsentSyncHTTP
 import Foundation
 import Logging
 
@@ -39,6 +40,24 @@ struct SubscriberCommand: AsyncParsableCommand {
         @Option(help: "Time allowed for one request, in milliseconds.")
         var timeoutMs: Int = 10_000
 
+        @Option(help: "Requests per second to this subscriber, over all daemons (approximately). Default: no limit.")
+        var rateLimit: Double?
+
+        @Option(help: "Give up after this many attempts (overrides retry.max_attempts).")
+        var maxAttempts: Int?
+
+        @Option(help: "Give up on a change this many seconds old (overrides retry.max_age_seconds).")
+        var maxAgeSeconds: Int?
+
+        @Option(help: "PEM file of the CA(s) that sign the subscriber's certificate (absolute path, read by the daemon).")
+        var caBundle: String?
+
+        @Option(help: "PEM client certificate for mutual TLS (absolute path; with --client-key).")
+        var clientCert: String?
+
+        @Option(help: "PEM private key of the client certificate (absolute path).")
+        var clientKey: String?
+
         func validate() throws {
             guard (1...10_000).contains(maxInFlight) else { throw ValidationError("--max-in-flight must be between 1 and 10000") }
             guard (1...3_600_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be between 1 and 3600000") }
@@ -60,19 +79,37 @@ struct SubscriberCommand: AsyncParsableCommand {
             } else {
                 secret = .generate()
             }
-            let new = SubscriberStore.NewSubscriber(
+            let requested = SubscriberStore.NewSubscriber(
                 name: name,
                 url: url,
                 secret: secret,
                 purposes: purposes.isEmpty ? nil : purposes,
                 eventTypes: eventTypes.isEmpty ? nil : eventTypes,
-                limits: .init(maxInFlight: maxInFlight, timeout: .milliseconds(timeoutMs))
+                limits: .init(
+                    maxInFlight: maxInFlight,
+                    timeout: .milliseconds(timeoutMs),
+                    ratePerSecond: rateLimit,
+                    maxAttempts: maxAttempts,
+                    maxAge: maxAgeSeconds.map { .seconds($0) }
+                )
             )
+            var checked = requested
+            checked.tls = .init(caBundlePath: caBundle, clientCertificatePath: clientCert, clientKeyPath: clientKey)
             do {
-                try new.validate()
+                try checked.validate()
             } catch {
                 throw ValidationError(error.description)
             }
+            // Refuse now what the daemon would refuse at connect time (http.allowed_schemes,
+            // http.allow_networks), saying why; a name that does not resolve from here is only a warning.
+            do {
+                _ = try await configuration.http.client(userAgent: configuration.relay.userAgent).check(url: url)
+            } catch where error.code == .dnsFailed {
+                printError("consent-sync: warning: \(error.message); the daemon will check the address again when it connects")
+            } catch {
+                throw ValidationError("refusing --url: \(error)")
+            }
+            let new = checked
             try await withDatabase(configuration, logger: logger) { connection in
                 try await Migrator.requireCurrent(connection)
                 try await SubscriberStore.add(new, on: connection)

@@ -448,6 +448,7 @@ class Daemon:
             "CONSENT_SYNC_OPS_ENABLED": "false",
             "CONSENT_SYNC_RELAY_MAX_IN_FLIGHT": str(self.bench.args.relay_max_in_flight),
         })
+        env.update(self.bench.loopback_settings)
         for item in self.bench.args.daemon_env:
             key, _, value = item.partition("=")
             env[key] = value
@@ -569,6 +570,19 @@ class Bench:
         self.live_series = None
         self.fill_offsets = {}
         self.keys = args.subjects * len(PURPOSES)
+        self.loopback_settings = self.probe_loopback_settings()
+
+    def probe_loopback_settings(self):
+        """The receivers are plain http on 127.0.0.1, which the daemon refuses by default since
+        http.allowed_schemes / http.allow_networks exist; older binaries do not know those keys."""
+        wanted = {"CONSENT_SYNC_HTTP_ALLOWED_SCHEMES": "https, http", "CONSENT_SYNC_HTTP_ALLOW_NETWORKS": "127.0.0.0/8"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_SYNC_")}
+        env.update(wanted)
+        probe = subprocess.run([self.binary, "check-config", "--config", self.config_file], env=env,
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode == 78 and "CONSENT_SYNC_HTTP_" in (probe.stdout + probe.stderr):
+            return {}
+        return wanted
 
     # -- building blocks ------------------------------------------------------------------------
 
@@ -1377,6 +1391,7 @@ unset multiplot
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join(["scripts/bench/run.sh", *sys.argv[1:]]),
             "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "model": cpu_model()},
+            "revision": git_revision(),
             "postgres": getattr(self, "_pg_meta", None),
             "settings": {k: v for k, v in vars(self.args).items()},
         }
@@ -1458,6 +1473,15 @@ unset multiplot
 
 def daemon_peak(watch):
     return watch.daemon.peak_rss_kib if watch.daemon else 0
+
+
+def git_revision():
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout
+        return head + (f" (+{len(dirty.splitlines())} modified files)" if dirty.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def cpu_model():

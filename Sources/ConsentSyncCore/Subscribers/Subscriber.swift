@@ -9,10 +9,43 @@ public struct Subscriber: Sendable, Equatable {
         /// Total time allowed for one request.
         public var timeout: Duration
 
-        public init(maxInFlight: Int = 16, timeout: Duration = .seconds(10)) {
+        /// Requests per second over all daemons (approximately); `nil` for no limit.
+        public var ratePerSecond: Double?
+        /// Overrides of the daemon's `retry.max_attempts` and `retry.max_age_seconds`.
+        public var maxAttempts: Int?
+        public var maxAge: Duration?
+
+        public init(maxInFlight: Int = 16, timeout: Duration = .seconds(10), ratePerSecond: Double? = nil, maxAttempts: Int? = nil, maxAge: Duration? = nil) {
             self.maxInFlight = maxInFlight
             self.timeout = timeout
+            self.ratePerSecond = ratePerSecond
+            self.maxAttempts = maxAttempts
+            self.maxAge = maxAge
         }
+
+        /// The daemon's policy with this subscriber's overrides.
+        public func retryPolicy(from base: RetryPolicy) -> RetryPolicy {
+            var policy = base
+            if let maxAttempts { policy.maxAttempts = maxAttempts }
+            if let maxAge { policy.maxAge = maxAge }
+            return policy
+        }
+    }
+
+    /// PEM files for TLS to this subscriber: its CA bundle, and a client certificate and key
+    /// for mutual TLS. `nil` fields use the system's trust store and no client certificate.
+    public struct TLSFiles: Sendable, Equatable {
+        public var caBundlePath: String?
+        public var clientCertificatePath: String?
+        public var clientKeyPath: String?
+
+        public init(caBundlePath: String? = nil, clientCertificatePath: String? = nil, clientKeyPath: String? = nil) {
+            self.caBundlePath = caBundlePath
+            self.clientCertificatePath = clientCertificatePath
+            self.clientKeyPath = clientKeyPath
+        }
+
+        public var isEmpty: Bool { caBundlePath == nil && clientCertificatePath == nil && clientKeyPath == nil }
     }
 
     public var id: Int64
@@ -28,6 +61,7 @@ public struct Subscriber: Sendable, Equatable {
     /// Why it is paused or disabled, as given by whoever did it; `nil` when enabled.
     public var stateReason: String?
     public var limits: Limits
+    public var tls: TLSFiles = TLSFiles()
 
     /// True when the relay may send to this subscriber (`state == .enabled`). Setting it to
     /// false disables an enabled subscriber; setting it to true enables it.

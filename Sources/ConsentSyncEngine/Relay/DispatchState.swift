@@ -8,6 +8,10 @@ struct DispatchState {
     private(set) var inFlightTotal = 0
     /// The earliest retry this instance scheduled itself, to wake up for it.
     private(set) var earliestRetry: ContinuousClock.Instant?
+    /// Token buckets of rate-limited subscribers: this instance's share of the rate.
+    private(set) var buckets: [Int64: TokenBucket] = [:]
+    /// Daemons sharing the database, so that each takes its share of a rate limit.
+    var instances = 1
 
     init(maxInFlight: Int) {
         self.maxInFlight = maxInFlight
@@ -15,12 +19,20 @@ struct DispatchState {
 
     /// How many deliveries to claim for each enabled subscriber: its free slots, at most
     /// `perRound`, and no more in all than the instance's free slots.
-    func budgets(for subscribers: some Sequence<Subscriber>, perRound: Int) -> [(subscriberID: Int64, count: Int)] {
+    mutating func budgets(for subscribers: some Sequence<Subscriber>, perRound: Int, now: ContinuousClock.Instant = .now) -> [(subscriberID: Int64, count: Int)] {
         var free = maxInFlight - inFlightTotal
         var result: [(subscriberID: Int64, count: Int)] = []
         for subscriber in subscribers.sorted(by: { $0.id < $1.id }) where subscriber.enabled {
             guard free > 0 else { break }
-            let slots = min(subscriber.limits.maxInFlight - inFlight[subscriber.id, default: 0], perRound, free)
+            var slots = min(subscriber.limits.maxInFlight - inFlight[subscriber.id, default: 0], perRound, free)
+            if let rate = subscriber.limits.ratePerSecond {
+                var bucket = buckets[subscriber.id] ?? TokenBucket(rate: rate / Double(max(1, instances)), now: now)
+                bucket.refill(rate: rate / Double(max(1, instances)), now: now)
+                buckets[subscriber.id] = bucket
+                slots = min(slots, Int(bucket.tokens.rounded(.down)))
+            } else {
+                buckets[subscriber.id] = nil
+            }
             if slots > 0 {
                 result.append((subscriber.id, slots))
                 free -= slots
@@ -32,6 +44,7 @@ struct DispatchState {
     mutating func started(_ delivery: ClaimedDelivery) {
         inFlight[delivery.subscriberID, default: 0] += 1
         inFlightTotal += 1
+        buckets[delivery.subscriberID]?.tokens -= 1
     }
 
     mutating func finished(_ record: AttemptRecord, now: ContinuousClock.Instant = .now) {
@@ -45,11 +58,42 @@ struct DispatchState {
 
     /// How long to sleep when there is nothing to do.
     mutating func nextWake(pollInterval: Duration, now: ContinuousClock.Instant = .now) -> Duration {
-        guard let earliestRetry else { return pollInterval }
+        // A rate-limited subscriber out of tokens may have work waiting: look again when one is back.
+        var wake = pollInterval
+        for bucket in buckets.values where bucket.tokens < 1 {
+            wake = min(wake, bucket.untilNextToken)
+        }
+        guard let earliestRetry else { return wake }
         if earliestRetry <= now {
             self.earliestRetry = nil
             return .milliseconds(1)
         }
-        return min(pollInterval, earliestRetry - now)
+        return min(wake, earliestRetry - now)
+    }
+}
+
+/// A token bucket holding up to one second's worth of requests.
+struct TokenBucket: Equatable {
+    var tokens: Double
+    var rate: Double
+    var updated: ContinuousClock.Instant
+
+    init(rate: Double, now: ContinuousClock.Instant) {
+        self.rate = rate
+        self.tokens = max(1, rate)
+        self.updated = now
+    }
+
+    mutating func refill(rate: Double, now: ContinuousClock.Instant) {
+        self.rate = rate
+        let elapsed = (now - updated).seconds
+        tokens = min(max(1, rate), tokens + elapsed * rate)
+        updated = now
+    }
+
+    /// How long until `tokens` reaches 1.
+    var untilNextToken: Duration {
+        guard rate > 0 else { return .seconds(1) }
+        return .milliseconds(max(1, Int64(((1 - tokens) / rate * 1000).rounded(.up))))
     }
 }

@@ -19,6 +19,9 @@ extension Relay {
         public var leaseMargin: Duration = .seconds(30)
         /// How often expired leases of dead instances are taken back.
         public var janitorInterval: Duration = .seconds(5)
+        /// A subscriber whose every attempt has failed for this long is disabled (its deliveries
+        /// are kept); `nil`: never.
+        public var disableAfterFailing: Duration? = .seconds(5 * 24 * 3600)
         /// How often the backlog per subscriber is counted for metrics and `STATUS=`.
         public var backlogInterval: Duration = .seconds(10)
         /// After a shutdown request, how long requests in flight may take to finish.

@@ -29,6 +29,8 @@ public final class Relay: Service {
     /// Deliveries this instance is sending now, with their lease length: the janitor renews them.
     private let leased = Mutex<[Int64: Duration]>([:])
     private let stopping = Atomic<Bool>(false)
+    /// Daemons seen recently in `consent_sync.listeners` (this one included).
+    private let liveInstances = Atomic<Int>(1)
     private let metrics = RelayMetrics()
     /// Live health, for the ops endpoints and systemd.
     public let health = RelayHealth()
@@ -86,7 +88,8 @@ public final class Relay: Service {
         )
         for await event in listener.events() {
             switch event {
-            case .notification:
+            case .notification(_, let payload):
+                if payload == "subscribers" { subscribersStale.store(true, ordering: .relaxed) }
                 doorbell.ring()
             case .listening(let reconnected):
                 if reconnected {
@@ -112,9 +115,8 @@ public final class Relay: Service {
                     live = try await PostgresConnection.connect(database.with("application_name", "consent-sync janitor"), logger: logger)
                     connection = live
                 }
-                if configuration.listen {
-                    try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
-                }
+                let instances = try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
+                liveInstances.store(max(1, instances), ordering: .relaxed)
                 let renewals = leased.withLock { $0 }
                 if !renewals.isEmpty {
                     try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
@@ -161,14 +163,14 @@ public final class Relay: Service {
                 do {
                     configuration = self.configuration
                     state.maxInFlight = configuration.maxInFlight
+                    state.instances = liveInstances.load(ordering: .relaxed)
                     let db: PostgresConnection
                     if let connection { db = connection } else {
                         db = try await PostgresConnection.connect(database, logger: logger)
                         try await Migrator.requireCurrent(db)
                         installationID = try await DeliveryStore.installationID(on: db)
-                        if configuration.listen {
-                            try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
-                        }
+                        // Registered even when polling only: rate limits are shared among the daemons here.
+                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
                         armed = false
                         connection = db
                         health.update {
@@ -212,9 +214,11 @@ public final class Relay: Service {
                         bodies[delivery.change.id] = body
                         state.started(delivery)
                         leased.withLock { $0[delivery.id] = lease }
-                        let webhookID = "msg_\(installationID.prefix(8))_\(delivery.id)"
+                        let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
+                        let webhookID = webhookIDPrefix + String(delivery.id)
+                        let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
                         requests.addTask {
-                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, body: body)
+                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body)
                             self.finished.withLock { $0.append(record) }
                             self.doorbell.ring()
                         }
@@ -305,6 +309,7 @@ public final class Relay: Service {
             leased.withLock { leases in
                 for record in records { leases[record.deliveryID] = nil }
             }
+            try await disableFailingSubscribers(records, on: db)
             for record in records {
                 state.finished(record)
                 if !applied.contains(record.deliveryID) {
@@ -318,9 +323,35 @@ public final class Relay: Service {
         }
     }
 
+    /// 410 Gone disables a subscriber at once (Standard Webhooks); so does failing without
+    /// a single success for `disableAfterFailing`. Its deliveries stay, and new ones keep
+    /// coming: enabling it sends them all, in order.
+    private func disableFailingSubscribers(_ records: [AttemptRecord], on db: PostgresConnection) async throws {
+        var outcomes: [Int64: Bool] = [:]
+        for record in records where !record.interrupted {
+            outcomes[record.subscriberID] = (outcomes[record.subscriberID] ?? false) || record.verdict == .delivered
+        }
+        var toDisable: [Int64: String] = [:]
+        let configuration = self.configuration
+        for id in try await DeliveryStore.trackFailures(outcomes, disableAfter: configuration.disableAfterFailing, on: db) {
+            toDisable[id] = "every attempt failed for more than \(Int((configuration.disableAfterFailing ?? .zero).seconds)) s (relay.disable_after_failing_seconds)"
+        }
+        for record in records {
+            if let reason = record.disableSubscriber { toDisable[record.subscriberID] = reason }
+        }
+        for (id, reason) in toDisable {
+            if let change = try await SubscriberStore.disable(id: id, reason: reason, actor: "consent-sync", on: db), change.changed {
+                logger.warning("subscriber disabled; its deliveries are kept until it is enabled again", metadata: [
+                    "subscriber": "\(change.subscriber)", "reason": "\(reason)",
+                ])
+            }
+            subscribersStale.store(true, ordering: .relaxed)
+        }
+    }
+
     // MARK: - Sending
 
-    private func send(_ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, body: [UInt8]) async -> AttemptRecord {
+    private func send(_ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8]) async -> AttemptRecord {
         let startedAt = Date()
         let clock = ContinuousClock.now
         let message = WebhookMessage(
@@ -330,7 +361,7 @@ public final class Relay: Service {
             secrets: subscriber.secrets,
             userAgent: configuration.userAgent
         )
-        let request = HTTPRequest(
+        var request = HTTPRequest(
             url: subscriber.url,
             method: "POST",
             headers: message.headers,
@@ -339,6 +370,17 @@ public final class Relay: Service {
             connectTimeout: min(subscriber.limits.timeout, .seconds(10)),
             maxResponseBytes: configuration.responseExcerptBytes
         )
+        if let replayOf {
+            // A replay: a new webhook-id for an event the receiver may have seen before.
+            request.headers.append(HTTPHeader(name: "consent-sync-replay-of", value: replayOf))
+        }
+        if !subscriber.tls.isEmpty {
+            request.tls = TLSOptions(
+                caBundlePath: subscriber.tls.caBundlePath,
+                clientCertificatePath: subscriber.tls.clientCertificatePath,
+                clientKeyPath: subscriber.tls.clientKeyPath
+            )
+        }
         var metadata: Logger.Metadata = [
             "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
             "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
@@ -365,7 +407,14 @@ public final class Relay: Service {
         let duration = ContinuousClock.now - clock
         metrics.attemptDuration(subscriber: subscriber.name, duration)
 
-        let decision = configuration.retry.decide(outcome, attempt: delivery.attempt, age: delivery.age + duration)
+        let policy = subscriber.limits.retryPolicy(from: configuration.retry)
+        var decision = policy.decide(outcome, attempt: delivery.retryAttempt, age: delivery.age + duration)
+        var disable: String?
+        if status == 410 {
+            // Gone: the subscriber is disabled and this delivery waits with the others.
+            disable = "receiver answered 410 Gone"
+            decision = .retry(after: .zero)
+        }
         metadata["duration_ms"] = "\(duration.milliseconds)"
         if let status { metadata["status"] = "\(status)" }
         let record: AttemptRecord
@@ -380,7 +429,7 @@ public final class Relay: Service {
             if let errorText { metadata["error"] = "\(errorText)" }
             logger.info("delivery failed; will retry", metadata: metadata)
             metrics.delivery(subscriber: subscriber.name, outcome: "retry")
-            record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration)
+            record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration, disable: disable)
         case .dead(let reason):
             metadata["reason"] = "\(reason)"
             logger.warning("delivery dead", metadata: metadata)
@@ -392,17 +441,20 @@ public final class Relay: Service {
 
     /// A request cut short by shutdown: back to pending at once, the attempt logged.
     private func interrupted(_ delivery: ClaimedDelivery, startedAt: Date, since clock: ContinuousClock.Instant) -> AttemptRecord {
-        .init(delivery, verdict: .retry, status: nil, error: "interrupted by shutdown", excerpt: nil, startedAt: startedAt, duration: ContinuousClock.now - clock)
+        var record = AttemptRecord(delivery, verdict: .retry, status: nil, error: "interrupted by shutdown", excerpt: nil, startedAt: startedAt, duration: ContinuousClock.now - clock)
+        record.interrupted = true
+        return record
     }
 }
 
 extension AttemptRecord {
-    init(_ delivery: ClaimedDelivery, verdict: Verdict, retryIn: Duration = .zero, status: Int?, error: String?, excerpt: String?, startedAt: Date, duration: Duration) {
+    init(_ delivery: ClaimedDelivery, verdict: Verdict, retryIn: Duration = .zero, status: Int?, error: String?, excerpt: String?, startedAt: Date, duration: Duration, disable: String? = nil) {
         self.init(
             deliveryID: delivery.id,
             subscriberID: delivery.subscriberID,
             attempt: delivery.attempt,
             verdict: verdict,
+            disableSubscriber: disable,
             retryIn: retryIn,
             status: status,
             error: error,

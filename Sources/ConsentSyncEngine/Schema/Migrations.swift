@@ -19,6 +19,7 @@ public enum Migrations {
     public static let all: [Migration] = [
         Migration(version: 1, name: "outbox, subscribers, deliveries, attempts, default consent table", sql: v1),
         Migration(version: 2, name: "subscriber states and events, dead-letter re-queue and replay", sql: v2),
+        Migration(version: 3, name: "replays beside originals, per-subscriber retry, rate limit and TLS, failure tracking", sql: v3),
     ]
 
     static let v1 = #"""

@@ -8,9 +8,16 @@ struct ClaimedDelivery: Sendable {
     var subscriberID: Int64
     /// The number of this attempt (1 for the first).
     var attempt: Int
-    /// How long ago the delivery was created.
+    /// How long ago the delivery was created, or re-queued from dead.
     var age: Duration
+    /// Attempts made before an operator re-queued it from dead: the retry budget starts again.
+    var attemptsBeforeRequeue: Int = 0
+    /// The delivery this one replays (`consent-sync replay`), if any.
+    var replayOf: Int64?
     var change: ConsentChange
+
+    /// The attempt number as far as the retry policy is concerned.
+    var retryAttempt: Int { max(1, attempt - attemptsBeforeRequeue) }
 }
 
 /// The result of one attempt, to be written back.
@@ -25,6 +32,10 @@ struct AttemptRecord: Sendable {
     var subscriberID: Int64
     var attempt: Int
     var verdict: Verdict
+    /// The receiver said it is gone (410): disable the subscriber with this reason.
+    var disableSubscriber: String?
+    /// Cut short by shutdown: says nothing about the receiver's health.
+    var interrupted = false
     var retryIn: Duration
     var status: Int?
     var error: String?
@@ -68,7 +79,7 @@ enum DeliveryStore {
                                       AND d.state IN ('pending', 'in_flight') AND d.change_id < p.change_id)
                                 THEN 'infinity'::timestamptz ELSE now() END
                     FROM pairs p ORDER BY p.change_id, p.subscriber_id
-                    ON CONFLICT (change_id, subscriber_id) DO NOTHING
+                    ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
                     RETURNING 1
                 )
                 SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries
@@ -109,10 +120,11 @@ enum DeliveryStore {
                 SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid,
                     lease_expires_at = now() + make_interval(secs => $4::double precision)
                 FROM picked WHERE d.id = picked.id
-                RETURNING d.id, d.change_id, d.subscriber_id, d.attempts, d.created_at
+                RETURNING d.id, d.change_id, d.subscriber_id, d.attempts, d.created_at, d.requeued_at,
+                          d.attempts_before_requeue, d.replay_of
             )
-            SELECT cl.id, cl.subscriber_id, cl.attempts,
-                   extract(epoch FROM now() - cl.created_at)::double precision AS age,
+            SELECT cl.id, cl.subscriber_id, cl.attempts, cl.attempts_before_requeue, cl.replay_of,
+                   extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
                    c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
                    c.attributes::text AS attributes
@@ -133,6 +145,8 @@ enum DeliveryStore {
                 subscriberID: try row.int64("subscriber_id"),
                 attempt: try row.int("attempts"),
                 age: .milliseconds(Int64(try row.double("age") * 1000)),
+                attemptsBeforeRequeue: try row.int("attempts_before_requeue"),
+                replayOf: row.optionalString("replay_of").flatMap(Int64.init),
                 change: ConsentChange(
                     id: try row.int64("change_id"),
                     eventID: try row.string("event_id"),
@@ -260,6 +274,33 @@ enum DeliveryStore {
         )
     }
 
+    /// Tracks, per subscriber, since when every attempt has failed; returns the enabled
+    /// subscribers failing for longer than `disableAfter` (nil: never disable).
+    static func trackFailures(_ outcomes: [Int64: Bool], disableAfter: Duration?, on connection: PostgresConnection) async throws -> [Int64] {
+        guard !outcomes.isEmpty else { return [] }
+        let entries = Array(outcomes)
+        let rows = try await connection.query(
+            """
+            WITH o AS (
+                SELECT * FROM unnest($1::bigint[], $2::boolean[]) AS o(id, ok)
+            ), flipped AS (
+                UPDATE consent_sync.subscribers s
+                SET failing_since = CASE WHEN o.ok THEN NULL ELSE now() END
+                FROM o WHERE s.id = o.id AND o.ok = (s.failing_since IS NOT NULL)
+            )
+            SELECT s.id FROM consent_sync.subscribers s JOIN o ON o.id = s.id AND NOT o.ok
+            WHERE s.state = 'enabled' AND s.failing_since < now() - make_interval(secs => $3::double precision)
+            """,
+            [
+                postgresArray(entries.map { String($0.key) }),
+                postgresArray(entries.map { $0.value ? "true" : "false" }),
+                String(disableAfter?.seconds ?? 1e12),
+            ]
+        )
+        guard disableAfter != nil else { return [] }
+        return try rows.map { try $0.int64("id") }
+    }
+
     struct BacklogLine: Sendable {
         var subscriber: String
         var backlog: Int
@@ -300,17 +341,24 @@ enum DeliveryStore {
 
     /// Keeps this instance's row fresh and forgets instances not seen for `staleAfter`
     /// (stopped or crashed: an idle flag left behind would only cost NOTIFYs).
-    static func touchListener(instance: UUID, staleAfter: Duration, on connection: PostgresConnection) async throws {
-        try await connection.query(
+    /// - Returns: how many instances were seen within `staleAfter`, this one included.
+    @discardableResult
+    static func touchListener(instance: UUID, staleAfter: Duration, on connection: PostgresConnection) async throws -> Int {
+        let rows = try await connection.query(
             """
             WITH touched AS (
                 UPDATE consent_sync.listeners SET seen_at = now() WHERE instance_id = $1::uuid
+            ), forgotten AS (
+                DELETE FROM consent_sync.listeners
+                WHERE seen_at < now() - make_interval(secs => $2::double precision) AND instance_id <> $1::uuid
+                RETURNING instance_id
             )
-            DELETE FROM consent_sync.listeners
-            WHERE seen_at < now() - make_interval(secs => $2::double precision) AND instance_id <> $1::uuid
+            SELECT count(*) AS live FROM consent_sync.listeners
+            WHERE seen_at >= now() - make_interval(secs => $2::double precision)
             """,
             [instance.uuidString, String(staleAfter.seconds)]
         )
+        return try rows.first?.int("live") ?? 1
     }
 
     static func removeListener(instance: UUID, on connection: PostgresConnection) async throws {

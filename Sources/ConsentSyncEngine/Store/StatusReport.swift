@@ -6,6 +6,8 @@ public struct StatusReport: Sendable, Codable {
     public struct Line: Sendable, Codable {
         public var subscriber: String
         public var enabled: Bool
+        /// `enabled`, `paused` or `disabled`.
+        public var state: String
         public var pending: Int
         public var inFlight: Int
         public var delivered: Int
@@ -21,7 +23,7 @@ public struct StatusReport: Sendable, Codable {
     public static func load(on connection: PostgresConnection) async throws -> StatusReport {
         let rows = try await connection.query(
             """
-            SELECT s.name, s.enabled,
+            SELECT s.name, s.enabled, s.state,
                    count(d.id) FILTER (WHERE d.state = 'pending') AS pending,
                    count(d.id) FILTER (WHERE d.state = 'in_flight') AS in_flight,
                    count(d.id) FILTER (WHERE d.state = 'delivered') AS delivered,
@@ -40,6 +42,7 @@ public struct StatusReport: Sendable, Codable {
                 Line(
                     subscriber: try row.string("name"),
                     enabled: try row.bool("enabled"),
+                    state: try row.string("state"),
                     pending: try row.int("pending"),
                     inFlight: try row.int("in_flight"),
                     delivered: try row.int("delivered"),
@@ -53,7 +56,7 @@ public struct StatusReport: Sendable, Codable {
     public func table() -> String {
         let rows = subscribers.map { line in
             [
-                line.subscriber, line.enabled ? "enabled" : "disabled",
+                line.subscriber, line.state,
                 String(line.pending), String(line.inFlight), String(line.delivered), String(line.dead),
                 line.oldestPendingSeconds.map { Self.age($0) } ?? "-",
             ]

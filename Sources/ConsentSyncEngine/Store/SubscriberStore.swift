@@ -11,6 +11,7 @@ public enum SubscriberStore {
         public var secret: SigningSecret
         public var purposes: [String]?
         public var eventTypes: [String]?
+        public var tls = Subscriber.TLSFiles()
         public var limits: Subscriber.Limits
 
         public init(name: String, url: String, secret: SigningSecret, purposes: [String]? = nil, eventTypes: [String]? = nil, limits: Subscriber.Limits = .init()) {
@@ -34,6 +35,23 @@ public enum SubscriberStore {
             guard limits.timeout >= .milliseconds(1), limits.timeout <= .seconds(3600) else {
                 throw SubscriberValidationError(field: "timeout", reason: "must be between 1 ms and 1 hour")
             }
+            if let rate = limits.ratePerSecond, !(rate > 0 && rate <= 1_000_000) {
+                throw SubscriberValidationError(field: "rate-limit", reason: "must be a number of requests per second above 0")
+            }
+            if let attempts = limits.maxAttempts, !(1...10_000).contains(attempts) {
+                throw SubscriberValidationError(field: "max-attempts", reason: "must be between 1 and 10000")
+            }
+            if let age = limits.maxAge, !(age >= .seconds(1) && age <= .seconds(31_536_000)) {
+                throw SubscriberValidationError(field: "max-age", reason: "must be between 1 second and 365 days")
+            }
+            if (tls.clientCertificatePath == nil) != (tls.clientKeyPath == nil) {
+                throw SubscriberValidationError(field: "client-cert", reason: "mutual TLS needs both --client-cert and --client-key")
+            }
+            for (field, path) in [("ca-bundle", tls.caBundlePath), ("client-cert", tls.clientCertificatePath), ("client-key", tls.clientKeyPath)] {
+                if let path, !path.hasPrefix("/") {
+                    throw SubscriberValidationError(field: field, reason: "'\(path.prefix(200))' must be an absolute path (the daemon reads it, from its own working directory)")
+                }
+            }
         }
     }
 
@@ -43,14 +61,20 @@ public enum SubscriberStore {
         do {
             let rows = try await connection.query(
                 """
-                INSERT INTO consent_sync.subscribers (name, url, secrets, purposes, event_types, max_in_flight, timeout_ms)
-                VALUES ($1, $2, ARRAY[$3], $4::text[], $5::text[], $6::integer, $7::integer)
+                INSERT INTO consent_sync.subscribers
+                    (name, url, secrets, purposes, event_types, max_in_flight, timeout_ms,
+                     rate_limit, max_attempts, max_age_seconds, ca_bundle_path, client_cert_path, client_key_path)
+                VALUES ($1, $2, ARRAY[$3], $4::text[], $5::text[], $6::integer, $7::integer,
+                        $8::double precision, $9::integer, $10::integer, $11, $12, $13)
                 RETURNING id
                 """,
                 [
                     new.name, new.url, new.secret.encoded,
                     new.purposes.map(postgresArray), new.eventTypes.map(postgresArray),
                     String(new.limits.maxInFlight), String(new.limits.timeout.milliseconds),
+                    new.limits.ratePerSecond.map { String($0) }, new.limits.maxAttempts.map(String.init),
+                    new.limits.maxAge.map { String(Int($0.seconds)) },
+                    new.tls.caBundlePath, new.tls.clientCertificatePath, new.tls.clientKeyPath,
                 ]
             )
             return try rows.first.map { try $0.int64("id") } ?? 0
@@ -66,7 +90,8 @@ public enum SubscriberStore {
             """
             SELECT id, name, url, array_to_json(secrets)::text AS secrets,
                    array_to_json(purposes)::text AS purposes, array_to_json(event_types)::text AS event_types,
-                   state, state_reason, max_in_flight, timeout_ms
+                   state, state_reason, max_in_flight, timeout_ms, rate_limit, max_attempts, max_age_seconds,
+                   ca_bundle_path, client_cert_path, client_key_path
             FROM consent_sync.subscribers ORDER BY name
             """
         )
@@ -79,7 +104,7 @@ public enum SubscriberStore {
             } catch let error as SigningSecretError {
                 throw SubscriberValidationError(field: "secrets", reason: "subscriber '\(name)' has an unreadable signing secret in the database: \(error.reason)")
             }
-            return Subscriber(
+            var subscriber = Subscriber(
                 id: try row.int64("id"),
                 name: name,
                 url: try row.string("url"),
@@ -88,8 +113,20 @@ public enum SubscriberStore {
                 eventTypes: try decodeArray(row.optionalString("event_types")),
                 state: try state(row),
                 stateReason: row.optionalString("state_reason"),
-                limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms")))
+                limits: .init(
+                    maxInFlight: try row.int("max_in_flight"),
+                    timeout: .milliseconds(try row.int("timeout_ms")),
+                    ratePerSecond: row.optionalString("rate_limit").flatMap(Double.init),
+                    maxAttempts: try row.optionalInt("max_attempts"),
+                    maxAge: try row.optionalInt("max_age_seconds").map { .seconds($0) }
+                )
             )
+            subscriber.tls = .init(
+                caBundlePath: row.optionalString("ca_bundle_path"),
+                clientCertificatePath: row.optionalString("client_cert_path"),
+                clientKeyPath: row.optionalString("client_key_path")
+            )
+            return subscriber
         }
     }
 

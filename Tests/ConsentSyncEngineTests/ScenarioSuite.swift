@@ -1,0 +1,26 @@
+import ConsentSyncTestKit
+import Testing
+
+extension Tag {
+    /// Fault-injection scenarios: real daemons, real receivers, faults on a schedule, invariants
+    /// checked afterwards. `swift test --filter Scenario` runs them alone.
+    @Tag static var scenarios: Self
+}
+
+/// The fault-injection scenarios, one after the other (each loads the machine on its own).
+/// Every scenario prints one summary line: changes written, deliveries, duplicates, and the
+/// time to drain after the last fault. `CONSENT_SYNC_SCENARIO_SEED` repeats a run's choices.
+@Suite(.serialized, .tags(.scenarios), .enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct Scenarios {}
+
+extension ScenarioWriter.Plan {
+    /// A writer for `seconds` at `rowsPerSecond`: four writers, six subjects each, four purposes,
+    /// 10 % of transactions rolled back, 5 % deletes, 5 % held open before commit.
+    static func steady(seconds: Int, rowsPerSecond: Double) -> ScenarioWriter.Plan {
+        var plan = ScenarioWriter.Plan()
+        plan.duration = .seconds(seconds)
+        plan.rowsPerSecond = rowsPerSecond
+        plan.maxRows = Int(Double(seconds) * rowsPerSecond * 2)
+        return plan
+    }
+}

@@ -1,0 +1,155 @@
+import ConsentSyncCore
+import ConsentSyncEngine
+import ConsentSyncPostgres
+import ConsentSyncTestKit
+import Foundation
+import Synchronization
+import Testing
+
+/// Per-subscriber isolation and endpoint health: 410, long failure, rate limits, own retry budget.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct SubscriberHealthTests {
+    static func subscriberState(_ name: String, _ database: TestDatabase) async throws -> (state: String, reason: String?) {
+        let rows = try await database.withConnection { connection in
+            try await connection.query("SELECT state, state_reason FROM consent_sync.subscribers WHERE name = $1", [name])
+        }
+        let row = try #require(rows.first)
+        return (try row.string("state"), row["state_reason"])
+    }
+
+    static func subjects(_ requests: [WebhookReceiver.Request]) -> [String] {
+        requests.compactMap { request in
+            guard let event = try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any],
+                  let data = event["data"] as? [String: Any] else { return nil }
+            return "\(event["subject"] as? String ?? "")/\(data["status"] as? String ?? "")"
+        }
+    }
+
+    @Test func goneDisablesAndPendingDeliveriesSurviveUntilEnabled() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let gone = Atomic<Bool>(true)
+            let receiver = try await WebhookReceiver.start { _ in gone.load(ordering: .relaxed) ? .status(410) : .status(200) }
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("moved", url: receiver.url, on: database)
+            try await RelayFixture.withRelay(on: database) { _ in
+                let writer = ConsentWriter(database: database)
+                try await writer.set("a", "email", .granted)
+                try await waitUntil("disabled after 410") {
+                    try await Self.subscriberState("moved", database).state == "disabled"
+                }
+                #expect(try await Self.subscriberState("moved", database).reason?.contains("410") == true)
+                // Changes keep queueing while it is disabled; none is sent.
+                try await writer.set("a", "email", .withdrawn)
+                try await writer.set("b", "email", .denied)
+                try await Task.sleep(for: .milliseconds(600))
+                #expect(receiver.requests.count == 1)
+                let pending = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.deliveries WHERE state = 'pending'") }
+                #expect(try pending.first?.int("n") == 3)
+
+                gone.store(false, ordering: .relaxed)
+                try await database.withConnection { connection in
+                    _ = try await SubscriberStore.changeState(name: "moved", action: .enable, reason: "receiver is back", actor: "test", on: connection)
+                }
+                let requests = try await receiver.waitForRequests(count: 4)
+                let delivered = Self.subjects(Array(requests.dropFirst()))
+                #expect(delivered.filter { $0.hasPrefix("a/") } == ["a/granted", "a/withdrawn"], "\(delivered)")
+                #expect(delivered.contains("b/denied"))
+            }
+        }
+    }
+
+    @Test func aSubscriberFailingForTooLongIsDisabled() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start { _ in .status(503) }
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("broken", url: receiver.url, on: database)
+            var configuration = Relay.Configuration.forTests
+            configuration.disableAfterFailing = .seconds(1)
+            try await RelayFixture.withRelay(on: database, configuration: configuration) { _ in
+                try await ConsentWriter(database: database).set("c", "email", .granted)
+                try await waitUntil("disabled after failing", timeout: .seconds(20)) {
+                    try await Self.subscriberState("broken", database).state == "disabled"
+                }
+            }
+            let state = try await Self.subscriberState("broken", database)
+            #expect(state.reason?.contains("failed") == true)
+            let kept = try await database.withConnection { try await $0.query("SELECT state FROM consent_sync.deliveries") }
+            #expect(kept.map { $0["state"] } == ["pending"])
+        }
+    }
+
+    @Test func aRateLimitSpacesRequests() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber(
+                "metered", url: receiver.url, limits: .init(maxInFlight: 16, timeout: .seconds(5), ratePerSecond: 10), on: database
+            )
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await database.withConnection { connection in
+                    for index in 0..<30 {
+                        try await ConsentWriter.set("r\(index)", "email", .granted, on: connection)
+                    }
+                }
+                let requests = try await receiver.waitForRequests(count: 30, timeout: .seconds(20))
+                // At most a second's worth of burst plus the rate in any one-second window.
+                let times = requests.map(\.receivedAt.timeIntervalSince1970).sorted()
+                var busiest = 0
+                for (index, start) in times.enumerated() {
+                    busiest = max(busiest, times[index...].prefix { $0 < start + 1.0 }.count)
+                }
+                #expect(busiest <= 21, "\(busiest) requests within one second at a limit of 10/s")
+                #expect(times.last! - times.first! >= 1.5, "30 requests at 10/s cannot all go at once")
+            }
+        }
+    }
+
+    @Test func aSubscriberCanHaveItsOwnRetryBudget() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start { _ in .status(500) }
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber(
+                "impatient", url: receiver.url, limits: .init(maxInFlight: 4, timeout: .seconds(5), maxAttempts: 2), on: database
+            )
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await ConsentWriter(database: database).set("d", "email", .granted)
+                try await waitUntil("dead after its own two attempts") {
+                    try await deliveryStates(database) == ["dead"]
+                }
+            }
+            #expect(receiver.requests.count == 2)
+        }
+    }
+
+    @Test func slowAndFailingReceiversDoNotHoldUpAHealthyOne() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let slow = try await WebhookReceiver.start { _ in .delayed(.seconds(30), .status(200)) }
+            let failing = try await WebhookReceiver.start { _ in .status(500) }
+            let healthy = try await WebhookReceiver.start()
+            defer { Task { await slow.stop(); await failing.stop(); await healthy.stop() } }
+            try await RelayFixture.addSubscriber("slow", url: slow.url, limits: .init(maxInFlight: 2, timeout: .seconds(2)), on: database)
+            try await RelayFixture.addSubscriber("failing", url: failing.url, limits: .init(maxInFlight: 2, timeout: .seconds(2)), on: database)
+            try await RelayFixture.addSubscriber("healthy", url: healthy.url, limits: .init(maxInFlight: 2, timeout: .seconds(2)), on: database)
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await database.withConnection { connection in
+                    for index in 0..<40 {
+                        try await ConsentWriter.set("h\(index)", "email", .granted, on: connection)
+                    }
+                }
+                // The healthy receiver gets all 40 while the slow one still holds its first two
+                // requests open (each lasts its 2 s timeout) and the failing one backs off.
+                try await healthy.waitForRequests(count: 40, timeout: .seconds(10))
+                #expect(slow.requests.count <= 4, "the slow receiver only ever has its own 2 slots")
+                let healthyDone = try await database.withConnection { connection in
+                    try await connection.query(
+                        """
+                        SELECT count(*) AS n FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
+                        WHERE s.name = 'healthy' AND d.state = 'delivered'
+                        """
+                    )
+                }
+                #expect(try healthyDone.first?.int("n") == 40)
+            }
+        }
+    }
+}
