@@ -19,6 +19,9 @@ export CONSENT_SYNC_RELAY_POLL_INTERVAL_MS=1000
 # The sample receivers are plain http on loopback, which a production setup refuses.
 export CONSENT_SYNC_HTTP_ALLOWED_SCHEMES="https, http"
 export CONSENT_SYNC_HTTP_ALLOW_NETWORKS="127.0.0.0/8"
+# Signing secrets are stored encrypted under a master key: 32 random bytes as base64.
+python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())' > "$dir/master.key"; chmod 600 "$dir/master.key"
+export CONSENT_SYNC_SECRETS_MASTER_KEY_FILE="$dir/master.key"
 
 echo "== migrate"
 "$bin" migrate

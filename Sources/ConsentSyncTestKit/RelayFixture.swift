@@ -37,16 +37,18 @@ public enum RelayFixture {
         return logger
     }()
 
-    /// Runs a relay (migrations already applied by the caller or here) for the duration of `body`.
+    /// Runs a relay (migrations already applied by the caller or here) for the duration of `body`;
+    /// `keyring` decrypts the subscribers' secrets (plaintext ones by default).
     @discardableResult
     public static func withRelay<T: Sendable>(
         on database: TestDatabase,
         configuration: Relay.Configuration = .forTests,
+        keyring: SecretKeyring = .plaintextOnly,
         _ body: (RunningRelay) async throws -> T
     ) async throws -> T {
         let http = HTTPClient(configuration: .init(), logger: logger)
         defer { http.shutdown() }
-        let relay = Relay(configuration: configuration, database: database.configuration, http: http, logger: logger)
+        let relay = Relay(configuration: configuration, database: database.configuration, http: http, keyring: keyring, logger: logger)
         let task = Task { try await relay.run() }
         do {
             let result = try await body(RunningRelay(relay: relay, database: database))
@@ -69,7 +71,8 @@ public enum RelayFixture {
         }
     }
 
-    /// Registers a subscriber pointing at `url` and returns its secret.
+    /// Registers a subscriber pointing at `url` and returns its secret, stored as `keyring`
+    /// seals it (plaintext by default).
     @discardableResult
     public static func addSubscriber(
         _ name: String,
@@ -77,12 +80,14 @@ public enum RelayFixture {
         purposes: [String]? = nil,
         eventTypes: [String]? = nil,
         limits: Subscriber.Limits = .init(maxInFlight: 8, timeout: .seconds(5)),
+        keyring: SecretKeyring = .plaintextOnly,
         on database: TestDatabase
     ) async throws -> SigningSecret {
         let secret = SigningSecret.generate()
         try await database.withConnection { connection in
             try await SubscriberStore.add(
                 .init(name: name, url: url, secret: secret, purposes: purposes, eventTypes: eventTypes, limits: limits),
+                keyring: keyring,
                 on: connection
             )
         }

@@ -17,6 +17,8 @@ struct AppConfiguration: Sendable {
     var log: LogSettings
     var ops: OpsSettings
     var http: HTTPSettings
+    /// The master keys that protect subscribers' signing secrets (`secrets.*`).
+    var secretKeys: SecretKeySettings
     /// The config file that was read; nil when there was none (defaults and environment only).
     var file: String?
     /// Every key, its effective value (secrets redacted) and where it came from.
@@ -131,10 +133,21 @@ struct OpsSettings: Sendable {
     var healthWindow: Duration
 }
 
+/// The master keys that encrypt subscribers' signing secrets in the database (`secrets.*`).
+struct SecretKeySettings: Sendable {
+    /// `secrets.master_key_file`, or the systemd credential `master-key`; nil when neither.
+    var masterKeyFile: String?
+    /// `secrets.previous_master_key_files`: decrypt only, during a master-key rotation.
+    var previousKeyFiles: [String]
+    /// Encrypts new secrets with the current key; decrypts with it and the previous ones.
+    var keyring: SecretKeyring
+}
+
 /// systemd's `LoadCredential=` names looked for in `$CREDENTIALS_DIRECTORY`.
 enum SystemdCredential {
     static let databasePassword = "db-password"
     static let subjectHashKey = "subject-hash-key"
+    static let masterKey = "master-key"
 }
 
 extension ConfigLoader {
@@ -268,6 +281,7 @@ extension ConfigLoader {
         }
         let proxy = self.text("http.proxy", default: "").value
 
+        let secretKeys = self.secretKeySettings(warnings: &warnings)
 
         return AppConfiguration(
             database: database,
@@ -279,11 +293,83 @@ extension ConfigLoader {
                 addressPolicy: AddressPolicy(allowedNetworks: networks),
                 proxy: proxy.isEmpty ? nil : proxy
             ),
+            secretKeys: secretKeys,
             file: self.document?.path,
             settings: self.settings,
             warnings: warnings,
             secrets: secrets
         )
+    }
+
+    /// `secrets.*`: reads the master key files. `check-config` shows their paths and key ids,
+    /// never their contents.
+    private mutating func secretKeySettings(warnings: inout [String]) -> SecretKeySettings {
+        let (currentPath, currentOrigin) = self.text("secrets.master_key_file", default: "", record: false)
+        var masterKeyFile: String?
+        var current: MasterKey?
+        if !currentPath.isEmpty {
+            masterKeyFile = currentPath
+            current = self.readMasterKey(currentPath, key: "secrets.master_key_file", origin: currentOrigin, warnings: &warnings)
+            self.record("secrets.master_key_file", Self.describeKeyFile(currentPath, current), currentOrigin)
+        } else if let credential = self.credentialPath(SystemdCredential.masterKey) {
+            masterKeyFile = credential
+            current = self.readMasterKey(credential, key: "secrets.master_key_file", origin: .credential(path: credential), warnings: &warnings)
+            self.record("secrets.master_key_file", Self.describeKeyFile(credential, current), .credential(path: credential))
+        } else {
+            self.record("secrets.master_key_file", "(none)", currentOrigin)
+        }
+
+        let (previousText, previousOrigin) = self.text("secrets.previous_master_key_files", default: "", record: false)
+        let previousPaths = previousText.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        var previous: [MasterKey] = []
+        for path in previousPaths {
+            if let key = self.readMasterKey(path, key: "secrets.previous_master_key_files", origin: previousOrigin, warnings: &warnings) {
+                previous.append(key)
+            }
+        }
+        if previousPaths.isEmpty {
+            self.record("secrets.previous_master_key_files", Self.quote(previousText), previousOrigin)
+        } else {
+            let ids = previous.count == previousPaths.count ? " (keys \(previous.map(\.id).joined(separator: ", ")))" : ""
+            self.record("secrets.previous_master_key_files", Self.quote(previousPaths.joined(separator: ", ")) + ids, previousOrigin)
+        }
+        if current == nil && !previous.isEmpty && masterKeyFile == nil {
+            self.fail(
+                "secrets.previous_master_key_files", previousOrigin,
+                "previous keys only decrypt; set secrets.master_key_file to the key that encrypts (the new one)"
+            )
+        }
+
+        let allowPlaintext = self.boolean("secrets.allow_plaintext", default: false)
+        if allowPlaintext && masterKeyFile == nil {
+            warnings.append("secrets.allow_plaintext is true and no master key is configured: new signing secrets are stored unencrypted, and a database dump reveals them")
+        }
+        return SecretKeySettings(
+            masterKeyFile: masterKeyFile,
+            previousKeyFiles: previousPaths,
+            keyring: SecretKeyring(current: current, previous: previous, allowsPlaintext: allowPlaintext)
+        )
+    }
+
+    /// `"/etc/consent-sync/master.key" (key 1a2b3c4d)`.
+    private static func describeKeyFile(_ path: String, _ key: MasterKey?) -> String {
+        Self.quote(path) + (key.map { " (key \($0.id))" } ?? "")
+    }
+
+    /// A master key file: 32 bytes as base64 (or 64 hex digits). Messages name the file, never its contents.
+    private mutating func readMasterKey(_ path: String, key: String, origin: ConfigOrigin, warnings: inout [String]) -> MasterKey? {
+        guard let bytes = self.readSecret(path, key: key, origin: origin, limit: 4096) else { return nil }
+        do {
+            let masterKey = try MasterKey(fileContents: bytes, path: path)
+            if let permissions = (try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int,
+               permissions & 0o077 != 0 {
+                warnings.append("\(key): '\(path)' can be read by other users; chmod 600 it (or use the systemd credential \(SystemdCredential.masterKey))")
+            }
+            return masterKey
+        } catch {
+            self.fail(key, origin, error.description)
+            return nil
+        }
     }
 
     private func origin(of key: String) -> ConfigOrigin {

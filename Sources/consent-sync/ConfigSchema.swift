@@ -30,11 +30,14 @@ enum ConfigSchema {
         "http.allowed_schemes",
         "http.allow_networks",
         "http.proxy",
+        "secrets.master_key_file",
+        "secrets.previous_master_key_files",
+        "secrets.allow_plaintext",
     ]
 
     static let keySet = Set(keys)
 
-    /// `database`, `relay`, `retry`, `log`, `ops`.
+    /// `database`, `relay`, `retry`, `log`, `ops`, `http`, `secrets`.
     static let sections: [String] = keys.reduce(into: []) { sections, key in
         let section = String(key.prefix { $0 != "." })
         if !sections.contains(section) { sections.append(section) }

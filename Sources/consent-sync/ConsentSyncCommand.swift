@@ -11,6 +11,7 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             RunCommand.self,
             MigrateCommand.self,
             SubscriberCommand.self,
+            KeysCommand.self,
             DeliveriesCommand.self,
             ReplayCommand.self,
             StatusCommand.self,

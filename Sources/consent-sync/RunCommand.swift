@@ -4,6 +4,7 @@ import ConsentSyncEngine
 import ConsentSyncHTTP
 import ConsentSyncLogging
 import ConsentSyncOps
+import ConsentSyncPostgres
 import Logging
 import Metrics
 import ServiceLifecycle
@@ -18,7 +19,10 @@ struct RunCommand: AsyncParsableCommand {
             relay.drain_timeout_ms), record their results, exit 0. A second signal stops at once; \
             unfinished deliveries stay pending and are sent after the next start. \
             SIGHUP: re-read the configuration file (log level, limits, pacing, retry policy, \
-            subscribers); an invalid file is logged and the running configuration kept.
+            subscribers); an invalid file is logged and the running configuration kept. \
+            Master keys (secrets.*) are read at start only. \
+            Exits 78 at start when a subscriber's signing secret cannot be decrypted with the \
+            configured master keys.
             """
     )
 
@@ -31,13 +35,19 @@ struct RunCommand: AsyncParsableCommand {
             logger.warning("configuration: \(warning)")
         }
 
+        // Never sign with the wrong secret: refuse to start when a secret cannot be decrypted.
+        try await SecretStartupCheck(configuration: configuration, logger: logger).run()
+
         // Metrics first: the relay creates its counters when it is made.
         let (factory, registry) = Observability.makePrometheusFactory(version: ConsentSyncVersion.current)
         MetricsSystem.bootstrap(factory)
 
         let http = HTTPClient(configuration: configuration.http.client(userAgent: configuration.relay.userAgent), logger: logger)
         defer { http.shutdown() }
-        let relay = Relay(configuration: configuration.relay, database: configuration.database, http: http, logger: logger)
+        let relay = Relay(
+            configuration: configuration.relay, database: configuration.database, http: http,
+            keyring: configuration.secretKeys.keyring, logger: logger
+        )
         let systemd = SystemdService(health: relay.health, logger: logger)
 
         // A ServiceGroup stops its services last to first: the relay drains while systemd
@@ -62,7 +72,10 @@ struct RunCommand: AsyncParsableCommand {
         ])
 
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
-        let reloader = Reloader(options: options, relay: relay, http: http, logLevel: logLevel, systemd: systemd, logger: logger)
+        let reloader = Reloader(
+            options: options, relay: relay, http: http, logLevel: logLevel, systemd: systemd,
+            keyIDs: configuration.secretKeys.keyring.keyIDs, logger: logger
+        )
         do {
             try await runUntilStopped(group: group, signals: signals, reloader: reloader, logger: logger)
         } catch is CancellationError {
@@ -108,6 +121,8 @@ struct Reloader: Sendable {
     let http: HTTPClient
     let logLevel: LogLevelControl
     let systemd: SystemdService
+    /// The master keys the relay was started with.
+    let keyIDs: [String]
     let logger: Logger
 
     func reload() async {
@@ -119,8 +134,93 @@ struct Reloader: Sendable {
             http.updateAddressPolicy(updated.http.addressPolicy)
             logLevel.level = updated.log.level
             logger.info("configuration reloaded", metadata: ["log_level": "\(updated.log.level)"])
+            if updated.secretKeys.keyring.keyIDs != keyIDs {
+                logger.warning("secrets.* master keys changed; they are read at start only: restart consent-sync to use them", metadata: [
+                    "running_keys": "\(keyIDs.joined(separator: ","))",
+                    "configured_keys": "\(updated.secretKeys.keyring.keyIDs.joined(separator: ","))",
+                ])
+            }
         } catch {
             logger.error("configuration reload rejected; keeping the running configuration", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Before the daemon starts: can every subscriber's signing secret be decrypted with the
+/// configured master keys?
+///
+/// A secret that cannot be decrypted (a key that is not configured, a wrong key, an altered
+/// ciphertext) is a configuration error: `run` prints which subscriber and which key and exits
+/// 78, so systemd does not restart it in a loop and nothing is ever signed with a wrong
+/// secret. Skipping that subscriber instead would leave its receiver silently without
+/// changes while the service looks healthy. When the database cannot be reached (or is not
+/// migrated) the check is skipped, because the daemon must start and wait for the database;
+/// the relay then leaves out, and logs, any subscriber whose secrets it cannot read.
+struct SecretStartupCheck {
+    let configuration: AppConfiguration
+    let logger: Logger
+    /// How long to try reaching the database for the check.
+    var timeout: Duration = .seconds(10)
+
+    enum Outcome: Sendable {
+        case readable(plaintext: [SubscriberStore.KeyUsage])
+        case unreadable(SecretKeyringError)
+        case skipped(String)
+    }
+
+    func run() async throws {
+        let keyring = configuration.secretKeys.keyring
+        switch await check(keyring) {
+        case .unreadable(let error):
+            printError("consent-sync: \(error)")
+            throw ExitCode(exitConfigError)
+        case .skipped(let reason):
+            logger.warning("signing secrets not checked at start-up; a subscriber whose secrets cannot be read will be left out and logged", metadata: ["reason": "\(reason)"])
+        case .readable(let plaintext):
+            let count = plaintext.reduce(0) { $0 + $1.secrets }
+            guard count > 0, keyring.current != nil || !keyring.allowsPlaintext else { return }
+            let todo = keyring.current == nil
+                ? "set secrets.master_key_file, then run 'consent-sync keys rotate' to encrypt them"
+                : "run 'consent-sync keys rotate' to encrypt them"
+            logger.warning("signing secrets are stored unencrypted in the database; \(todo)", metadata: [
+                "secrets": "\(count)",
+                "subscribers": "\(plaintext.flatMap(\.subscribers).joined(separator: ","))",
+            ])
+        }
+    }
+
+    private func check(_ keyring: SecretKeyring) async -> Outcome {
+        let database = configuration.database.with("application_name", "consent-sync start-up check")
+        let logger = self.logger
+        let timeout = self.timeout
+        return await withTaskGroup(of: Outcome.self) { group in
+            group.addTask {
+                let connection: PostgresConnection
+                do {
+                    connection = try await PostgresConnection.connect(database, logger: logger)
+                } catch {
+                    return .skipped("cannot connect to the database: \(error)")
+                }
+                let outcome: Outcome
+                do {
+                    try await Migrator.requireCurrent(connection)
+                    _ = try await SubscriberStore.all(on: connection, keyring: keyring)
+                    outcome = .readable(plaintext: try await SubscriberStore.keyUsage(on: connection).filter { $0.keyID == nil })
+                } catch let error as SecretKeyringError {
+                    outcome = .unreadable(error)
+                } catch {
+                    outcome = .skipped("\(error)")
+                }
+                await connection.close()
+                return outcome
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return .skipped("the database did not answer within \(timeout)")
+            }
+            let first = await group.next() ?? .skipped("cancelled")
+            group.cancelAll()
+            return first
         }
     }
 }

@@ -8,8 +8,8 @@ import Logging
 struct SubscriberCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "subscriber",
-        abstract: "Register, list, pause, disable and remove downstream systems.",
-        subcommands: [Add.self, List.self, Remove.self, Pause.self, Resume.self, Disable.self, Enable.self]
+        abstract: "Register, list, pause, disable and remove downstream systems; rotate their signing secrets.",
+        subcommands: [Add.self, List.self, Remove.self, Pause.self, Resume.self, Disable.self, Enable.self, RotateSecret.self]
     )
 
     struct Add: AsyncParsableCommand {
@@ -66,19 +66,8 @@ struct SubscriberCommand: AsyncParsableCommand {
         func run() async throws {
             let configuration = try await loadConfiguration(options)
             let (logger, _) = bootstrapLogging(configuration)
-            let secret: SigningSecret
-            if let secretFile {
-                guard let data = FileManager.default.contents(atPath: secretFile) else {
-                    throw ValidationError("cannot read --secret-file \(secretFile)")
-                }
-                do {
-                    secret = try SigningSecret(parsing: String(decoding: data, as: UTF8.self))
-                } catch {
-                    throw ValidationError("\(secretFile): \(error)")
-                }
-            } else {
-                secret = .generate()
-            }
+            let keyring = try requireSecretStorage(configuration)
+            let secret = try secretFile.map(readSigningSecret) ?? .generate()
             let requested = SubscriberStore.NewSubscriber(
                 name: name,
                 url: url,
@@ -112,7 +101,7 @@ struct SubscriberCommand: AsyncParsableCommand {
             let new = checked
             try await withDatabase(configuration, logger: logger) { connection in
                 try await Migrator.requireCurrent(connection)
-                try await SubscriberStore.add(new, on: connection)
+                try await SubscriberStore.add(new, keyring: keyring, on: connection)
             }
             print("added subscriber \(name) -> \(url)")
             if secretFile == nil {
@@ -140,10 +129,17 @@ struct SubscriberCommand: AsyncParsableCommand {
                     subscriber.purposes?.joined(separator: ",") ?? "*",
                     subscriber.eventTypes?.joined(separator: ",") ?? "*",
                     String(subscriber.limits.maxInFlight), "\(subscriber.limits.timeout.milliseconds)ms",
+                    Self.secrets(subscriber),
                     Self.why(subscriber),
                 ]
             }
-            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT", "REASON"], rows: rows))
+            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT", "SECRETS", "REASON"], rows: rows))
+        }
+
+        /// "1", or "2 (next expires 2026-11-30T10:15:02Z)" while a rotation overlaps. Never a secret.
+        static func secrets(_ subscriber: SubscriberStore.Listing) -> String {
+            guard let expiry = subscriber.nextSecretExpiry else { return String(subscriber.activeSecrets) }
+            return "\(subscriber.activeSecrets) (next expires \(TimeWindow.format(expiry)))"
         }
 
         /// "410 Gone from receiver (by consent-sync (410 Gone), since 2026-11-29T10:15:02Z)" for a
@@ -233,6 +229,100 @@ struct SubscriberCommand: AsyncParsableCommand {
         func validate() throws { try change.validate() }
 
         func run() async throws { try await change.apply(.enable, options: options) }
+    }
+}
+
+extension SubscriberCommand {
+    struct RotateSecret: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rotate-secret",
+            abstract: "Give a subscriber a new signing secret; the old one stays valid for --overlap.",
+            discussion: """
+                Until the old secret expires every request carries two signatures (Standard \
+                Webhooks: one 'v1,...' per secret, space-separated), so the receiver verifies with \
+                the old secret or the new one and can switch whenever it likes. Prints the new \
+                secret once, unless you pass --secret-file. Running daemons use it at once.
+                """
+        )
+
+        @OptionGroup var options: ConfigOptions
+
+        @Argument(help: "The subscriber's name.")
+        var name: String
+
+        @Option(help: "How long the old secret(s) stay valid: 0 (expire now), or e.g. 30s, 15m, 24h, 7d.")
+        var overlap: String = "24h"
+
+        @Option(help: "File holding the new signing secret (whsec_...). Default: generate one.")
+        var secretFile: String?
+
+        func validate() throws {
+            _ = try Self.parseOverlap(overlap)
+        }
+
+        func run() async throws {
+            let configuration = try await loadConfiguration(options)
+            let (logger, _) = bootstrapLogging(configuration)
+            let keyring = try requireSecretStorage(configuration)
+            let overlap = try Self.parseOverlap(self.overlap)
+            let secret = try secretFile.map(readSigningSecret) ?? .generate()
+            let rotation = try await withDatabase(configuration, logger: logger) { connection in
+                try await Migrator.requireCurrent(connection)
+                return try await SubscriberStore.rotateSecret(name: name, to: secret, overlap: overlap, keyring: keyring, on: connection)
+            }
+            var metadata: Logger.Metadata = ["subscriber": "\(name)", "overlap_ms": "\(overlap.milliseconds)", "actor": "\(operatorActor())"]
+            if let expiresAt = rotation.expiresAt { metadata["old_secrets_expire"] = "\(TimeWindow.format(expiresAt))" }
+            logger.notice("subscriber signing secret rotated", metadata: metadata)
+            print("rotated the signing secret of \(name)")
+            if secretFile == nil {
+                print("new signing secret (shown once; give it to the receiver to verify webhook-signature):")
+                print(secret.encoded)
+            }
+            if let expiresAt = rotation.expiresAt {
+                print("the previous secret stays valid until \(TimeWindow.format(expiresAt)): until then requests carry a signature with each")
+            } else {
+                print("the previous secret is no longer used: requests carry only the new signature")
+            }
+        }
+
+        /// `0`, or a whole number with a unit: `500ms`, `30s`, `15m`, `24h`, `7d`, `1w`; at most 365 days.
+        static func parseOverlap(_ text: String) throws(ValidationError) -> Duration {
+            let trimmed = text.trimmingCharacters(in: .whitespaces)
+            if trimmed == "0" { return .zero }
+            let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000)]
+            for (unit, milliseconds) in units where trimmed.hasSuffix(unit) {
+                guard let count = Int64(trimmed.dropLast(unit.count)), count >= 0 else { break }
+                let total = count.multipliedReportingOverflow(by: milliseconds)
+                guard !total.overflow, total.partialValue <= 365 * 86_400_000 else {
+                    throw ValidationError("--overlap \(ConfigLoader.show(text)) is longer than 365 days")
+                }
+                return .milliseconds(total.partialValue)
+            }
+            throw ValidationError("--overlap \(ConfigLoader.show(text)) is not a duration: use 0, or a whole number with a unit: 30s, 15m, 24h, 7d")
+        }
+    }
+}
+
+/// The keyring that stores new signing secrets; prints why not and exits 78 when no master
+/// key is configured and plaintext is not allowed, before anything is touched.
+func requireSecretStorage(_ configuration: AppConfiguration) throws -> SecretKeyring {
+    let keyring = configuration.secretKeys.keyring
+    guard keyring.current != nil || keyring.allowsPlaintext else {
+        printError("consent-sync: \(SecretKeyringError(code: .noMasterKey))")
+        throw ExitCode(exitConfigError)
+    }
+    return keyring
+}
+
+/// The signing secret in `path` (`whsec_<base64>`); the error names the file, never its contents.
+func readSigningSecret(_ path: String) throws -> SigningSecret {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw ValidationError("cannot read --secret-file \(path)")
+    }
+    do {
+        return try SigningSecret(parsing: String(decoding: data, as: UTF8.self))
+    } catch {
+        throw ValidationError("\(path): \(error)")
     }
 }
 

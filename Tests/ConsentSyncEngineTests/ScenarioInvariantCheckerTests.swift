@@ -68,7 +68,8 @@ struct InvariantCheckerTests {
                 var leaked = receipts
                 var ghost = receipts[lostIndex]
                 ghost.index = receipts.count
-                ghost.subject = try #require(written.rolledBackSubjects.first)
+                let rolledBack: String = try #require(written.rolledBackSubjects.first)
+                ghost.subject = rolledBack
                 leaked.append(ghost)
                 #expect(!check(leaked, snapshot).violations(of: .noRolledBackOrUnknownChangeSent).isEmpty)
 

@@ -140,15 +140,17 @@ struct SubscriberHealthTests {
                 // requests open (each lasts its 2 s timeout) and the failing one backs off.
                 try await healthy.waitForRequests(count: 40, timeout: .seconds(10))
                 #expect(slow.requests.count <= 4, "the slow receiver only ever has its own 2 slots")
-                let healthyDone = try await database.withConnection { connection in
-                    try await connection.query(
-                        """
-                        SELECT count(*) AS n FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
-                        WHERE s.name = 'healthy' AND d.state = 'delivered'
-                        """
-                    )
+                try await waitUntil("the healthy subscriber's 40 deliveries recorded", timeout: .seconds(10)) {
+                    let done = try await database.withConnection { connection in
+                        try await connection.query(
+                            """
+                            SELECT count(*) AS n FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
+                            WHERE s.name = 'healthy' AND d.state = 'delivered'
+                            """
+                        )
+                    }
+                    return try done.first?.int("n") == 40
                 }
-                #expect(try healthyDone.first?.int("n") == 40)
             }
         }
     }

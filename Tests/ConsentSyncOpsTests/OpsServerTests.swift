@@ -92,7 +92,7 @@ struct OpsServerTests {
                 try await withOpsServer(snapshot: { running.relay.health.snapshot }) { client in
                     try await waitUntil("ready") { try await client.get("/readyz").status == 200 }
                     let ready = try await client.get("/readyz")
-                    #expect(ready.body == #"{"status":"ready","database":true,"listening":true,"schema_version":1}"# + "\n")
+                    #expect(ready.body == #"{"status":"ready","database":true,"listening":true,"schema_version":"# + "\(Migrations.latestVersion)}\n")
 
                     // The shared server stays up: only this test's database refuses connections.
                     let admin = try await PostgresConnection.connect(

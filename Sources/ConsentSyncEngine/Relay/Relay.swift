@@ -21,6 +21,8 @@ public final class Relay: Service {
     public var configuration: Configuration { settings.withLock { $0 } }
     private let database: PostgresConfiguration
     private let http: HTTPClient
+    /// Decrypts the subscribers' signing secrets; fixed for the relay's life.
+    private let keyring: SecretKeyring
     private let logger: Logger
     /// This process's identity in leases.
     public let instanceID = UUID()
@@ -35,10 +37,11 @@ public final class Relay: Service {
     /// Live health, for the ops endpoints and systemd.
     public let health = RelayHealth()
 
-    public init(configuration: Configuration, database: PostgresConfiguration, http: HTTPClient, logger: Logger) {
+    public init(configuration: Configuration, database: PostgresConfiguration, http: HTTPClient, keyring: SecretKeyring = .plaintextOnly, logger: Logger) {
         self.settings = Mutex(configuration)
         self.database = database.with("application_name", "consent-sync relay")
         self.http = http
+        self.keyring = keyring
         var logger = logger
         logger[metadataKey: "instance"] = "\(instanceID.uuidString.prefix(8))"
         self.logger = logger
@@ -183,7 +186,7 @@ public final class Relay: Service {
                     try await recordFinished(&state, on: db)
 
                     if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
-                        subscribers = Dictionary(uniqueKeysWithValues: try await SubscriberStore.all(on: db).map { ($0.id, $0) })
+                        subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
                         subscribersLoadedAt = .now
                     }
 

@@ -40,6 +40,10 @@ extension SubscriberStore {
         /// Who changed it last (`operator (alice)`, `consent-sync (410 Gone from receiver)`).
         public var stateChangedBy: String?
         public var limits: Subscriber.Limits
+        /// Signing secrets in use: 1, or more while a rotation overlaps.
+        public var activeSecrets: Int
+        /// When the next of them expires; `nil` when none is due to.
+        public var nextSecretExpiry: Date?
     }
 
     /// Applies `action` (pause, resume, enable, disable) to the subscriber named `name`, records
@@ -115,14 +119,20 @@ extension SubscriberStore {
         }
     }
 
-    /// Every subscriber without its secrets, with its state, why, since when and by whom.
+    /// Every subscriber without its secrets, with its state, why, since when and by whom, and
+    /// how many secrets it has in use.
     public static func listing(on connection: PostgresConnection) async throws -> [Listing] {
         let rows = try await connection.query(
             """
             SELECT s.name, s.url, array_to_json(s.purposes)::text AS purposes, array_to_json(s.event_types)::text AS event_types,
                    s.state, s.state_reason, extract(epoch FROM s.state_changed_at)::double precision AS state_changed_at,
-                   last.actor, s.max_in_flight, s.timeout_ms
+                   last.actor, s.max_in_flight, s.timeout_ms,
+                   secrets.active AS active_secrets, extract(epoch FROM secrets.next_expiry)::double precision AS next_secret_expiry
             FROM consent_sync.subscribers s
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS active, min(ss.expires_at) AS next_expiry FROM consent_sync.subscriber_secrets ss
+                WHERE ss.subscriber_id = s.id AND (ss.expires_at IS NULL OR ss.expires_at > now())
+            ) secrets
             LEFT JOIN LATERAL (
                 SELECT e.actor FROM consent_sync.subscriber_events e
                 WHERE e.subscriber_id = s.id ORDER BY e.at DESC, e.id DESC LIMIT 1
@@ -140,7 +150,9 @@ extension SubscriberStore {
                 stateReason: row.optionalString("state_reason"),
                 stateChangedAt: row.optionalString("state_changed_at").flatMap(Double.init).map(Date.init(timeIntervalSince1970:)),
                 stateChangedBy: row.optionalString("actor"),
-                limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms")))
+                limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms"))),
+                activeSecrets: try row.int("active_secrets"),
+                nextSecretExpiry: row.optionalString("next_secret_expiry").flatMap(Double.init).map(Date.init(timeIntervalSince1970:))
             )
         }
     }

@@ -55,60 +55,112 @@ public enum SubscriberStore {
         }
     }
 
+    /// Registers a subscriber with its first signing secret, stored as `keyring` seals it:
+    /// encrypted under the current master key and bound to the new subscriber's id.
+    ///
+    /// ``SecretKeyring/plaintextOnly`` (the default, for tests) stores `whsec_…` text; the
+    /// command line always passes the configured keyring, which refuses to store plaintext
+    /// unless `secrets.allow_plaintext` is set.
+    /// - Throws: ``SubscriberValidationError`` for a bad field or a taken name,
+    ///   ``SecretKeyringError`` (``SecretKeyringError/Code/noMasterKey``) when the secret may
+    ///   not be stored; nothing is stored then.
     @discardableResult
-    public static func add(_ new: NewSubscriber, on connection: PostgresConnection) async throws -> Int64 {
+    public static func add(_ new: NewSubscriber, keyring: SecretKeyring = .plaintextOnly, on connection: PostgresConnection) async throws -> Int64 {
         try new.validate()
+        if keyring.current == nil && !keyring.allowsPlaintext { throw SecretKeyringError(code: .noMasterKey) }
         do {
-            let rows = try await connection.query(
-                """
-                INSERT INTO consent_sync.subscribers
-                    (name, url, secrets, purposes, event_types, max_in_flight, timeout_ms,
-                     rate_limit, max_attempts, max_age_seconds, ca_bundle_path, client_cert_path, client_key_path)
-                VALUES ($1, $2, ARRAY[$3], $4::text[], $5::text[], $6::integer, $7::integer,
-                        $8::double precision, $9::integer, $10::integer, $11, $12, $13)
-                RETURNING id
-                """,
-                [
-                    new.name, new.url, new.secret.encoded,
-                    new.purposes.map(postgresArray), new.eventTypes.map(postgresArray),
-                    String(new.limits.maxInFlight), String(new.limits.timeout.milliseconds),
-                    new.limits.ratePerSecond.map { String($0) }, new.limits.maxAttempts.map(String.init),
-                    new.limits.maxAge.map { String(Int($0.seconds)) },
-                    new.tls.caBundlePath, new.tls.clientCertificatePath, new.tls.clientKeyPath,
-                ]
-            )
-            return try rows.first.map { try $0.int64("id") } ?? 0
+            return try await connection.withTransaction { connection in
+                let rows = try await connection.query(
+                    """
+                    INSERT INTO consent_sync.subscribers
+                        (name, url, purposes, event_types, max_in_flight, timeout_ms,
+                         rate_limit, max_attempts, max_age_seconds, ca_bundle_path, client_cert_path, client_key_path)
+                    VALUES ($1, $2, $3::text[], $4::text[], $5::integer, $6::integer,
+                            $7::double precision, $8::integer, $9::integer, $10, $11, $12)
+                    RETURNING id
+                    """,
+                    [
+                        new.name, new.url,
+                        new.purposes.map(postgresArray), new.eventTypes.map(postgresArray),
+                        String(new.limits.maxInFlight), String(new.limits.timeout.milliseconds),
+                        new.limits.ratePerSecond.map { String($0) }, new.limits.maxAttempts.map(String.init),
+                        new.limits.maxAge.map { String(Int($0.seconds)) },
+                        new.tls.caBundlePath, new.tls.clientCertificatePath, new.tls.clientKeyPath,
+                    ]
+                )
+                let id = try rows.first.orThrow("INSERT returned no id").int64("id")
+                try await connection.query(
+                    "INSERT INTO consent_sync.subscriber_secrets (subscriber_id, secret) VALUES ($1::bigint, $2)",
+                    [String(id), try keyring.seal(new.secret, subscriberID: id)]
+                )
+                return id
+            }
         } catch let error as PostgresError where error.sqlState == "23505" {
             throw SubscriberValidationError(field: "name", reason: "a subscriber named '\(new.name)' already exists")
         }
     }
 
-    /// All subscribers, with their secrets (for the relay; never print these). Paused and
-    /// disabled ones are included, with ``Subscriber/enabled`` false.
-    public static func all(on connection: PostgresConnection) async throws -> [Subscriber] {
+    /// All subscribers with their active secrets, decrypted (for signing; never print these).
+    /// Paused and disabled ones are included, with ``Subscriber/enabled`` false.
+    ///
+    /// - Throws: ``SecretKeyringError`` naming the first subscriber whose secrets cannot be
+    ///   read with `keyring` (a key that is not configured, an altered ciphertext), or that
+    ///   has no active secret. `consent-sync run` checks this at start-up.
+    public static func all(on connection: PostgresConnection, keyring: SecretKeyring = .plaintextOnly) async throws -> [Subscriber] {
+        try await load(on: connection).subscribers.map { loaded in
+            var subscriber = loaded.subscriber
+            subscriber.secrets = try loaded.openSecrets(with: keyring)
+            return subscriber
+        }
+    }
+
+    /// A subscriber row with its active secrets as stored.
+    struct Loaded {
+        var subscriber: Subscriber
+        var storedSecrets: [String]
+
+        /// The active secrets, decrypted; throws about this subscriber when one cannot be read.
+        func openSecrets(with keyring: SecretKeyring) throws(SecretKeyringError) -> [SigningSecret] {
+            guard !storedSecrets.isEmpty else {
+                throw SecretKeyringError(code: .noActiveSecret, subscriber: subscriber.name)
+            }
+            var secrets: [SigningSecret] = []
+            for stored in storedSecrets {
+                do {
+                    secrets.append(try keyring.open(stored, subscriberID: subscriber.id))
+                } catch {
+                    throw error.about(subscriber: subscriber.name)
+                }
+            }
+            return secrets
+        }
+    }
+
+    /// Every subscriber with its active (unexpired) secrets, still sealed, oldest first; and
+    /// whether any secret has expired, so that the relay knows to delete them.
+    static func load(on connection: PostgresConnection) async throws -> (subscribers: [Loaded], anyExpired: Bool) {
         let rows = try await connection.query(
             """
-            SELECT id, name, url, array_to_json(secrets)::text AS secrets,
-                   array_to_json(purposes)::text AS purposes, array_to_json(event_types)::text AS event_types,
-                   state, state_reason, max_in_flight, timeout_ms, rate_limit, max_attempts, max_age_seconds,
-                   ca_bundle_path, client_cert_path, client_key_path
-            FROM consent_sync.subscribers ORDER BY name
+            SELECT s.id, s.name, s.url,
+                   (SELECT json_agg(ss.secret ORDER BY ss.id) FROM consent_sync.subscriber_secrets ss
+                    WHERE ss.subscriber_id = s.id AND (ss.expires_at IS NULL OR ss.expires_at > now()))::text AS secrets,
+                   EXISTS (SELECT 1 FROM consent_sync.subscriber_secrets ss
+                           WHERE ss.subscriber_id = s.id AND ss.expires_at <= now()) AS has_expired,
+                   array_to_json(s.purposes)::text AS purposes, array_to_json(s.event_types)::text AS event_types,
+                   s.state, s.state_reason, s.max_in_flight, s.timeout_ms, s.rate_limit, s.max_attempts, s.max_age_seconds,
+                   s.ca_bundle_path, s.client_cert_path, s.client_key_path
+            FROM consent_sync.subscribers s ORDER BY s.name
             """
         )
-        return try rows.map { row in
-            let name = try row.string("name")
-            let secrets = try decodeArray(row.optionalString("secrets")) ?? []
-            let parsed: [SigningSecret]
-            do {
-                parsed = try secrets.map { try SigningSecret(parsing: $0) }
-            } catch let error as SigningSecretError {
-                throw SubscriberValidationError(field: "secrets", reason: "subscriber '\(name)' has an unreadable signing secret in the database: \(error.reason)")
-            }
+        var anyExpired = false
+        var subscribers: [Loaded] = []
+        for row in rows {
+            if try row.bool("has_expired") { anyExpired = true }
             var subscriber = Subscriber(
                 id: try row.int64("id"),
-                name: name,
+                name: try row.string("name"),
                 url: try row.string("url"),
-                secrets: parsed,
+                secrets: [],
                 purposes: try decodeArray(row.optionalString("purposes")),
                 eventTypes: try decodeArray(row.optionalString("event_types")),
                 state: try state(row),
@@ -126,8 +178,9 @@ public enum SubscriberStore {
                 clientCertificatePath: row.optionalString("client_cert_path"),
                 clientKeyPath: row.optionalString("client_key_path")
             )
-            return subscriber
+            subscribers.append(Loaded(subscriber: subscriber, storedSecrets: try decodeArray(row.optionalString("secrets")) ?? []))
         }
+        return (subscribers, anyExpired)
     }
 
     /// Removes a subscriber and its deliveries. Refuses when deliveries are still

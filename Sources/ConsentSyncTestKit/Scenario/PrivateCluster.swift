@@ -154,7 +154,12 @@ public final class PrivateCluster: Sendable {
     }
 
     private func tool(_ name: String, _ arguments: [String]) async throws {
-        let command = self.runAs + ["\(binaries)/\(name)"] + arguments
+        // Through Python's subprocess with close_fds: the server that `pg_ctl start` leaves
+        // behind must not inherit this process's descriptors. (It would otherwise keep the
+        // pipe by which Foundation's Process notices the child's exit, so that `pg_ctl` never
+        // seemed to end, and it would hold on to the sockets of receivers and connections.)
+        let command = ["/usr/bin/env", "python3", "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:], close_fds=True).returncode)"]
+            + self.runAs + ["\(binaries)/\(name)"] + arguments
         let result = try await ChildProcess.run(command)
         guard result.status == 0 else {
             throw ScenarioError("\(name) failed (\(result.status)): \(result.output.suffix(2000))\n\(self.logTail)")

@@ -37,6 +37,8 @@ public final class ScriptedReceiver: Sendable {
         case acceptWithGarbageBody(bytes: Int)
         /// 200 with a body of `bytes` bytes.
         case acceptWithHugeBody(bytes: Int)
+        /// 200 with exactly this body.
+        case acceptWithBody([UInt8])
         /// `code` with a body of `bytes` bytes.
         case statusWithHugeBody(Int, bytes: Int)
 
@@ -50,6 +52,7 @@ public final class ScriptedReceiver: Sendable {
             case .garbage: "garbage"
             case .acceptWithGarbageBody(let bytes): "200 with \(bytes) garbage bytes"
             case .acceptWithHugeBody(let bytes): "200 with a \(bytes)-byte body"
+            case .acceptWithBody(let body): "200 with a \(body.count)-byte body"
             case .statusWithHugeBody(let code, let bytes): "\(code) with a \(bytes)-byte body"
             }
         }
@@ -299,6 +302,8 @@ public final class ScriptedReceiver: Sendable {
             return self.respond(on: connection, receipt: index, status: 200, contentType: "application/octet-stream", body: body)
         case .acceptWithHugeBody(let count):
             return self.respond(on: connection, receipt: index, status: 200, body: Array(repeating: UInt8(ascii: "x"), count: count))
+        case .acceptWithBody(let body):
+            return self.respond(on: connection, receipt: index, status: 200, contentType: "application/json", body: body)
         case .statusWithHugeBody(let code, let count):
             return self.respond(on: connection, receipt: index, status: code, body: Array(repeating: UInt8(ascii: "x"), count: count))
         }

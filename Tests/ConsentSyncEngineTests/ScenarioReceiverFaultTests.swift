@@ -1,0 +1,215 @@
+import ConsentSyncCore
+import ConsentSyncTestKit
+import Foundation
+import Synchronization
+import Testing
+
+extension Scenarios {
+    /// Receivers that go away, flap, answer slowly, hang, cut answers short or answer nonsense.
+    /// No daemon crashes here, so no change may be acknowledged twice.
+    @Suite struct ReceiverFaults {
+        @Test func receiversDownForAWhileAndFlapping() async throws {
+            try await RelayFixture.withMigratedDatabase { testDatabase in
+                try await ScenarioHarness.run("receivers down, flapping, failing", database: ScenarioDatabase(testDatabase)) { scenario in
+                    let faultsEnd = ContinuousClock.now + .seconds(9)
+                    try await scenario.addReceiver("steady")
+                    let down = try await scenario.addReceiver("down-a-while")
+                    let flapping = try await scenario.addReceiver("flapping", purposes: ["marketing_email", "ads"])
+                    try await scenario.addReceiver("failing", script: ReceiverScripts.random(seed: scenario.seed, until: faultsEnd, [
+                        (0.3, .status(503, retryAfter: "1")), (0.2, .status(500)), (0.1, .status(429, retryAfter: "0")), (0.4, .accept),
+                    ]))
+                    try await scenario.startDaemons(1)
+                    async let written = ScenarioWriter.run(.steady(seconds: 10, rowsPerSecond: 80), on: scenario.database, seed: scenario.seed)
+
+                    var random = SeededGenerator(seed: scenario.seed)
+                    var steps = [
+                        FaultStep(at: .milliseconds(1500), "down-a-while goes down") { down.goDown() },
+                        FaultStep(at: .milliseconds(7500), "down-a-while comes back") { try await down.comeUp() },
+                    ]
+                    var at = Duration.milliseconds(500)
+                    var isUp = true
+                    while at < .seconds(9) {
+                        let goingUp = !isUp
+                        steps.append(FaultStep(at: at, goingUp ? "flapping comes back" : "flapping goes down") {
+                            if goingUp { try await flapping.comeUp() } else { flapping.goDown() }
+                        })
+                        isUp.toggle()
+                        at += .milliseconds(Int.random(in: 300...900, using: &random))
+                    }
+                    steps.append(FaultStep(at: .seconds(9), "flapping stays up") { try await flapping.comeUp() })
+                    try await scenario.runSchedule(steps)
+                    let outcome = try await scenario.finish(writer: await written)
+                    #expect(outcome.report.isClean, "\(outcome.report)")
+                    #expect(outcome.report.duplicates == 0)
+                    #expect(outcome.drain != nil, "never drained")
+                }
+            }
+        }
+
+        @Test func receiversSlowHangingCuttingAndHuge() async throws {
+            try await RelayFixture.withMigratedDatabase { testDatabase in
+                try await ScenarioHarness.run("receivers slow, hanging, cutting, huge", database: ScenarioDatabase(testDatabase)) { scenario in
+                    let faultsEnd = ContinuousClock.now + .seconds(9)
+                    let seed = scenario.seed
+                    let short = Subscriber.Limits(maxInFlight: 8, timeout: .seconds(1))
+                    try await scenario.addReceiver("steady")
+                    // Past the 1 s timeout: the daemon gives up first, and the late answer finds the connection closed.
+                    try await scenario.addReceiver("slow", limits: short, script: ReceiverScripts.random(seed: seed &+ 1, until: faultsEnd, [
+                        (0.4, .delayed(.milliseconds(2500), .accept)), (0.6, .delayed(.milliseconds(100), .accept)),
+                    ]))
+                    try await scenario.addReceiver("hanging", limits: short, script: ReceiverScripts.random(seed: seed &+ 2, until: faultsEnd, [
+                        (0.3, .hang), (0.7, .accept),
+                    ]))
+                    try await scenario.addReceiver("cutting", script: ReceiverScripts.random(seed: seed &+ 3, until: faultsEnd, [
+                        (0.4, .closeMidResponse), (0.6, .accept),
+                    ]))
+                    try await scenario.addReceiver("huge", purposes: ["analytics", "marketing_email"], script: ReceiverScripts.random(seed: seed &+ 4, until: faultsEnd, [
+                        (0.1, .acceptWithHugeBody(bytes: 2 << 20)), (0.1, .statusWithHugeBody(503, bytes: 2 << 20)), (0.8, .accept),
+                    ]))
+                    try await scenario.startDaemons(1)
+                    let written = await ScenarioWriter.run(.steady(seconds: 9, rowsPerSecond: 60), on: scenario.database, seed: seed)
+                    let wait = faultsEnd - .now
+                    if wait > .zero { try await Task.sleep(for: wait) }
+                    scenario.fault("receivers behave again")
+                    let outcome = try await scenario.finish(writer: written)
+                    #expect(outcome.report.isClean, "\(outcome.report)")
+                    #expect(outcome.report.duplicates == 0)
+                    #expect(outcome.drain != nil, "never drained")
+                    // Every misbehaviour happened.
+                    let outcomes = scenario.receivers.flatMap(\.receipts).map(\.outcome)
+                    #expect(outcomes.contains(.abandoned))
+                    #expect(outcomes.contains(.cut))
+                }
+            }
+        }
+
+        /// A receiver that sometimes answers bytes that are not HTTP: a transient fault, to be
+        /// retried like a reset connection.
+        ///
+        /// Known issue (reported, not fixed here): libcurl reports such an answer as
+        /// CURLE_UNSUPPORTED_PROTOCOL ("Received HTTP/0.9 when not allowed"), which the HTTP layer
+        /// maps to `protocolNotAllowed`, the code of the scheme allowlist, and that is not
+        /// retryable: the delivery is `dead` after one attempt.
+        @Test func aReceiverAnsweringGarbageBytesIsRetried() async throws {
+            try await RelayFixture.withMigratedDatabase { testDatabase in
+                try await ScenarioHarness.run("receiver answers garbage bytes", database: ScenarioDatabase(testDatabase)) { scenario in
+                    let faultsEnd = ContinuousClock.now + .seconds(5)
+                    try await scenario.addReceiver("steady")
+                    try await scenario.addReceiver("garbage", script: ReceiverScripts.random(seed: scenario.seed, until: faultsEnd, [
+                        (0.3, .garbage), (0.7, .accept),
+                    ]))
+                    try await scenario.startDaemons(1)
+                    let written = await ScenarioWriter.run(.steady(seconds: 5, rowsPerSecond: 60), on: scenario.database, seed: scenario.seed)
+                    scenario.fault("writer done")
+                    let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(30))
+                    let http09 = scenario.fleet?.logLines(containing: "HTTP/0.9").count ?? 0
+                    #expect(outcome.drain != nil, "never drained")
+                    #expect(outcome.report.duplicates == 0)
+                    #expect(scenario.receivers.flatMap(\.receipts).contains { $0.outcome == .garbage })
+                    withKnownIssue("a non-HTTP answer is classified as 'protocol not allowed' and is dead at once") {
+                        #expect(outcome.report.isClean, "\(outcome.report.dead) dead; 'HTTP/0.9' logged \(http09) times")
+                    } when: {
+                        http09 > 0 && outcome.report.violations.allSatisfy { $0.invariant == .noUnexpectedDead || $0.invariant == .everyChangeReachedEveryMatchingSubscriber }
+                    }
+                }
+            }
+        }
+
+        /// A receiver that answers 503 with a hostile `Retry-After` (found by the RetryAfter.parse
+        /// fuzzer, scripts/fuzz): the daemon must record it and retry, not crash.
+        ///
+        /// Known issue (reported, not fixed here): `RetryAfter.parse` hands the value to
+        /// Foundation's `DateFormatter`, which on Linux stops the process with "Incorrect range
+        /// CFRange(...)" for this non-ASCII date; any receiver can so crash every daemon that
+        /// sends to it, again after each restart.
+        @Test func aHostileRetryAfterDoesNotCrashTheDaemon() async throws {
+            try await RelayFixture.withMigratedDatabase { testDatabase in
+                try await ScenarioHarness.run("receiver answers a hostile Retry-After", database: ScenarioDatabase(testDatabase)) { scenario in
+                    let hostile = "Sun, 06 Nov 0997 08:9:37\u{738}MT"
+                    let answered = Counter(1)
+                    try await scenario.addReceiver("hostile", script: { _ in answered.decrement() ? .status(503, retryAfter: hostile) : .accept })
+                    let fleet = try await scenario.startDaemons(1)
+                    try await scenario.database.withConnection { try await ConsentWriter.set("s", "ads", .granted, on: $0) }
+                    let receiver = try #require(scenario.receivers.first)
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    while receiver.receipts.isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+                    try await Task.sleep(for: .seconds(1))
+                    let running = fleet.running
+                    let crashed = fleet.logs.contains("Incorrect range")
+                    withKnownIssue("RetryAfter.parse crashes on a non-ASCII HTTP date") {
+                        #expect(running == [0], "the daemon died: \(fleet.logs.suffix(600))")
+                    } when: {
+                        crashed
+                    }
+                    if running == [0] {
+                        let outcome = try await scenario.finish(quiescenceTimeout: .seconds(15))
+                        #expect(outcome.report.isClean, "\(outcome.report)")
+                    }
+                }
+            }
+        }
+
+        /// A receiver that answers 200 with a body of random bytes. Its answer is kept in the
+        /// attempt log; it must not stop anything.
+        ///
+        /// Known issue (reported, not fixed here): `postgresArrayOfOptionals` in
+        /// SubscriberStore.swift escapes `"` and `\\` per `Character`, so a quote or backslash
+        /// followed by a combining mark (U+0300…) is one grapheme that is not escaped. A response
+        /// excerpt holding one makes `DeliveryStore.record` fail with "malformed array literal"
+        /// for the whole batch, which is retried first forever: the daemon stops writing results
+        /// for every subscriber. Random bytes hit it within seconds.
+        @Test func aReceiverAnswering200WithGarbageDoesNotStopTheRelay() async throws {
+            try await RelayFixture.withMigratedDatabase { testDatabase in
+                try await ScenarioHarness.run("receiver answers 200 with garbage bytes", database: ScenarioDatabase(testDatabase)) { scenario in
+                    try await scenario.addReceiver("steady")
+                    try await scenario.addReceiver("garbage-200", purposes: ["ads", "calls"], script: { _ in .acceptWithGarbageBody(bytes: 4096) })
+                    // Valid JSON whose string starts with a combining accent: the quote before it
+                    // and the accent form one Character. Makes the known issue certain to show.
+                    try await scenario.addReceiver("accent-200", purposes: ["analytics"], script: { _ in
+                        .acceptWithBody(Array("{\"note\":\"\u{301}ok\"}".utf8))
+                    })
+                    try await scenario.startDaemons(1)
+                    let written = await ScenarioWriter.run(.steady(seconds: 5, rowsPerSecond: 60), on: scenario.database, seed: scenario.seed)
+                    scenario.fault("writer done")
+                    let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(15))
+                    let stalled = scenario.fleet?.logLines(containing: "malformed array literal").count ?? 0
+                    withKnownIssue("record() fails on a response excerpt with a quote or backslash before a combining mark") {
+                        #expect(outcome.report.isClean, "\(outcome.report.violations.count) violations; 'malformed array literal' logged \(stalled) times")
+                        #expect(outcome.drain != nil, "never drained")
+                    } when: {
+                        stalled > 0
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scripts for ``ScriptedReceiver``.
+enum ReceiverScripts {
+    /// Picks one of `choices` by weight (seeded) until `until`, then accepts everything.
+    static func random(
+        seed: UInt64,
+        until: ContinuousClock.Instant,
+        _ choices: [(Double, ScriptedReceiver.Behavior)]
+    ) -> ScriptedReceiver.Script {
+        let box = ScriptBox(seed: seed)
+        return { _ in
+            guard ContinuousClock.now < until else { return .accept }
+            let roll = box.next()
+            var total = 0.0
+            for (weight, behavior) in choices {
+                total += weight
+                if roll < total { return behavior }
+            }
+            return .accept
+        }
+    }
+}
+
+/// A seeded generator shared by a receiver's connection threads.
+final class ScriptBox: Sendable {
+    private let generator: Mutex<SeededGenerator>
+    init(seed: UInt64) { self.generator = Mutex(SeededGenerator(seed: seed)) }
+    func next() -> Double { generator.withLock { Double.random(in: 0..<1, using: &$0) } }
+}

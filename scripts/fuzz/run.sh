@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (swiftc -sanitize=fuzzer,address on the ConsentSyncCore sources
+# they exercise) and runs each for a while.
+#
+#   scripts/fuzz/run.sh                 # 60 s per target (what CI can afford)
+#   FUZZ_SECONDS=3600 scripts/fuzz/run.sh retry-after   # longer, one target
+#
+# Targets: retry-after (RetryAfter.parse), webhook-verify (WebhookSigner.verify).
+# webhook-verify links swift-crypto's objects from a normal debug build, made first with
+# `swift build --scratch-path $SCRATCH --target ConsentSyncCore` (default scratch: .build-fuzz-deps).
+# Corpora are kept in .build-fuzz/corpus-<target>; crashes land in .build-fuzz/ as crash-*.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${FUZZ_SECONDS:-60}"
+scratch="${SCRATCH:-.build-fuzz-deps}"
+out=.build-fuzz
+mkdir -p "$out"
+targets=("${@:-retry-after webhook-verify}")
+targets=(${targets[@]})
+
+build_retry_after() {
+    swiftc -sanitize=fuzzer,address -parse-as-library -Onone -g -module-name FuzzRetryAfter \
+        Sources/ConsentSyncCore/Retry/RetryAfter.swift scripts/fuzz/RetryAfterFuzz.swift \
+        -o "$out/retry-after"
+}
+
+build_webhook_verify() {
+    swift build --scratch-path "$scratch" --target ConsentSyncCore >/dev/null
+    local debug="$scratch/debug" crypto
+    crypto="$(ls -d "$scratch"/checkouts/swift-crypto)"
+    # swift-crypto's compiled objects (not instrumented: the fuzzer steers by our code's coverage).
+    local objects=()
+    while IFS= read -r file; do objects+=("$file"); done < <(
+        find "$debug/Crypto.build" "$debug/CryptoBoringWrapper.build" "$debug/CCryptoBoringSSLShims.build" "$debug/CCryptoBoringSSL.build" \
+            -name '*.o' ! -name '*_arm*' ! -name '*aarch64*' ! -name '*armv*' ! -name '*apple*' ! -name '*win*'
+    )
+    swiftc -sanitize=fuzzer,address -parse-as-library -Onone -g -module-name FuzzWebhookVerify \
+        -I "$debug/Modules" \
+        -Xcc -fmodule-map-file="$crypto/Sources/CCryptoBoringSSL/include/module.modulemap" \
+        -Xcc -fmodule-map-file="$crypto/Sources/CCryptoBoringSSLShims/include/module.modulemap" \
+        -Xcc -I"$crypto/Sources/CCryptoBoringSSL/include" -Xcc -I"$crypto/Sources/CCryptoBoringSSLShims/include" \
+        Sources/ConsentSyncCore/Signing/SigningSecret.swift Sources/ConsentSyncCore/Signing/WebhookSigner.swift \
+        scripts/fuzz/WebhookVerifyFuzz.swift "${objects[@]}" \
+        -o "$out/webhook-verify"
+}
+
+status=0
+for target in "${targets[@]}"; do
+    case "$target" in
+        retry-after) build_retry_after ;;
+        webhook-verify) build_webhook_verify ;;
+        *) echo "unknown target $target" >&2; exit 64 ;;
+    esac
+    mkdir -p "$out/corpus-$target"
+    seeds="scripts/fuzz/seeds/$target"
+    echo "fuzz: $target for ${seconds}s" >&2
+    if ! SWIFT_BACKTRACE=enable=no "$out/$target" -max_total_time="$seconds" -max_len=4096 -artifact_prefix="$out/" -print_final_stats=1 \
+        "$out/corpus-$target" ${seeds:+$( [ -d "$seeds" ] && echo "$seeds")} 2>"$out/$target.log"; then
+        echo "fuzz: $target FOUND A CRASH; see $out/$target.log and $out/crash-*" >&2
+        tail -n 40 "$out/$target.log" >&2
+        status=1
+    else
+        grep -E "stat::number_of_executed_runs|cov:" "$out/$target.log" | tail -n 2 >&2
+    fi
+done
+exit $status
