@@ -123,7 +123,19 @@ struct SeededGenerator: RandomNumberGenerator {
         #expect(RetryAfter.parse("Sun, 06 Nov 1994 08:00:00 GMT", now: now) == .zero)
     }
 
-    @Test(arguments: ["", "soon", "-5", "1.5", "Sun, 32 Nov 1994 08:50:37 GMT", "12 monkeys"])
+    @Test func agreesWithTheEpochForKnownDates() {
+        #expect(RetryAfter.httpDate("Thu, 01 Jan 1970 00:00:00 GMT")?.timeIntervalSince1970 == 0)
+        #expect(RetryAfter.httpDate("Sun, 06 Nov 1994 08:49:37 GMT")?.timeIntervalSince1970 == 784_111_777)
+        #expect(RetryAfter.httpDate("Tue, 29 Feb 2028 12:00:00 GMT")?.timeIntervalSince1970 == 1_835_438_400)
+    }
+
+    /// Found by fuzzing: Foundation's DateFormatter stopped the process on this one.
+    @Test(arguments: [
+        "", "soon", "-5", "1.5", "Sun, 32 Nov 1994 08:50:37 GMT", "12 monkeys",
+        "Sun, 06 Nov 0997 08:9:37\u{738}MT", "Sun, 29 Feb 2027 08:49:37 GMT", "Sun, 06 Nov 1994 24:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Nov 1994 08:49:37 GMT GMT", String(repeating: "9", count: 200),
+        "Ｓun, 06 Nov 1994 08:49:37 GMT", "Sun,\u{0}06 Nov 1994 08:49:37 GMT",
+    ])
     func rejectsGarbage(_ value: String) {
         #expect(RetryAfter.parse(value, now: now) == nil)
     }

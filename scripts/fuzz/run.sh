@@ -32,7 +32,7 @@ build_webhook_verify() {
     local objects=()
     while IFS= read -r file; do objects+=("$file"); done < <(
         find "$debug/Crypto.build" "$debug/CryptoBoringWrapper.build" "$debug/CCryptoBoringSSLShims.build" "$debug/CCryptoBoringSSL.build" \
-            -name '*.o' ! -name '*_arm*' ! -name '*aarch64*' ! -name '*armv*' ! -name '*apple*' ! -name '*win*'
+            "$debug/CXKCP.build" "$debug/CXKCPShims.build" -name '*.o' 2>/dev/null
     )
     swiftc -sanitize=fuzzer,address -parse-as-library -Onone -g -module-name FuzzWebhookVerify \
         -I "$debug/Modules" \

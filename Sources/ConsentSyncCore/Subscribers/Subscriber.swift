@@ -185,6 +185,12 @@ public enum SubscriberValidation {
         guard !text.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } ?? false }) else {
             throw fail("contains white space or control characters")
         }
+        // ASCII only: an internationalised host must be given in its punycode form (xn--…)
+        // and other characters percent-encoded, so that what an operator reads is what is
+        // connected to (no look-alike letters, no right-to-left overrides).
+        guard text.unicodeScalars.allSatisfy(\.isASCII) else {
+            throw fail("contains non-ASCII characters; write the host in punycode (xn--…) and percent-encode the rest")
+        }
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
             throw fail("'\(text.prefix(200))' is not an absolute URL")
         }
@@ -192,6 +198,9 @@ public enum SubscriberValidation {
             throw fail("scheme '\(scheme)' is not allowed; use https (or http)")
         }
         guard let host = components.host, !host.isEmpty else { throw fail("has no host") }
+        if let port = components.port, !(1...65535).contains(port) {
+            throw fail("port \(port) is out of range; use 1...65535")
+        }
         guard components.user == nil, components.password == nil else {
             throw fail("must not carry credentials; receivers authenticate consent-sync by its signature")
         }

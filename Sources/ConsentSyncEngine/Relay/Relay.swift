@@ -307,22 +307,51 @@ public final class Relay: Service {
             return records
         }
         guard !records.isEmpty else { return }
+        var applied: Set<Int64>
         do {
-            let applied = try await DeliveryStore.record(records, owner: instanceID, on: db)
-            leased.withLock { leases in
-                for record in records { leases[record.deliveryID] = nil }
-            }
-            try await disableFailingSubscribers(records, on: db)
+            applied = try await DeliveryStore.record(records, owner: instanceID, on: db)
+        } catch let error as PostgresError where !error.isConnectionError {
+            // One bad row must not hold up every result behind it: write them one by one.
+            logger.error("writing results failed; writing them one by one", metadata: ["error": "\(error)", "count": "\(records.count)"])
+            applied = []
             for record in records {
-                state.finished(record)
-                if !applied.contains(record.deliveryID) {
-                    logger.warning("result not applied: the lease was lost meanwhile", metadata: ["delivery": "\(record.deliveryID)"])
-                }
+                applied.formUnion(try await recordAlone(record, on: db))
             }
         } catch {
             // Keep them for the next try; nothing is lost while the process lives.
             finished.withLock { $0.insert(contentsOf: records, at: 0) }
             throw error
+        }
+        leased.withLock { leases in
+            for record in records { leases[record.deliveryID] = nil }
+        }
+        try await disableFailingSubscribers(records, on: db)
+        for record in records {
+            state.finished(record)
+            if !applied.contains(record.deliveryID) {
+                logger.warning("result not applied: the lease was lost meanwhile", metadata: ["delivery": "\(record.deliveryID)"])
+            }
+        }
+    }
+
+    /// Writes one result; if the database refuses it (a receiver's answer it cannot store),
+    /// writes it again without the answer's text, and as a last resort leaves the delivery to
+    /// its lease, which expires and sends it again: logged, never lost.
+    private func recordAlone(_ record: AttemptRecord, on db: PostgresConnection) async throws -> Set<Int64> {
+        do {
+            return try await DeliveryStore.record([record], owner: instanceID, on: db)
+        } catch let error as PostgresError where !error.isConnectionError {
+            var plain = record
+            plain.responseExcerpt = record.responseExcerpt.map { _ in "(answer not storable: \(error.sqlState ?? "?"))" }
+            plain.error = record.error.map { String($0.unicodeScalars.filter(\.isASCII).map(Character.init)) }
+            do {
+                return try await DeliveryStore.record([plain], owner: instanceID, on: db)
+            } catch let second as PostgresError where !second.isConnectionError {
+                logger.error("cannot write a result; the delivery will be sent again when its lease expires", metadata: [
+                    "delivery": "\(record.deliveryID)", "error": "\(second)",
+                ])
+                return []
+            }
         }
     }
 

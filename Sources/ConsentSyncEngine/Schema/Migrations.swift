@@ -21,6 +21,7 @@ public enum Migrations {
         Migration(version: 2, name: "subscriber states and events, dead-letter re-queue and replay", sql: v2),
         Migration(version: 3, name: "replays beside originals, per-subscriber retry, rate limit and TLS, failure tracking", sql: v3),
         Migration(version: 4, name: "signing secrets with expiry for rotation, encrypted at rest", sql: v4),
+        Migration(version: 5, name: "length limits on the default consent table", sql: v5),
     ]
 
     static let v1 = #"""

@@ -225,18 +225,32 @@ func postgresArray(_ values: [String]) -> String {
 
 /// Like ``postgresArray(_:)``, with `nil` as SQL NULL. NUL characters, which PostgreSQL
 /// text cannot hold, become U+FFFD.
+///
+/// Escaping works on Unicode scalars, not `Character`s: a quote followed by a combining mark
+/// is one grapheme, and must still be escaped (found with a receiver answering random bytes).
 func postgresArrayOfOptionals(_ values: [String?]) -> String {
-    let quoted = values.map { value -> String in
-        guard let value else { return "NULL" }
-        var escaped = "\""
-        for character in value {
-            switch character {
-            case "\"", "\\": escaped.append("\\"); escaped.append(character)
-            case "\u{0}": escaped.append("\u{FFFD}")
-            default: escaped.append(character)
+    var literal = String.UnicodeScalarView()
+    literal.append("{")
+    for (index, value) in values.enumerated() {
+        if index > 0 { literal.append(",") }
+        guard let value else {
+            literal.append(contentsOf: "NULL".unicodeScalars)
+            continue
+        }
+        literal.append("\"")
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"", "\\":
+                literal.append("\\")
+                literal.append(scalar)
+            case "\u{0}":
+                literal.append("\u{FFFD}")
+            default:
+                literal.append(scalar)
             }
         }
-        return escaped + "\""
+        literal.append("\"")
     }
-    return "{" + quoted.joined(separator: ",") + "}"
+    literal.append("}")
+    return String(literal)
 }

@@ -46,6 +46,11 @@ extension HTTPClientError {
         let generic = String(cString: curl_easy_strerror(code))
         let detail = errorBuffer.isEmpty ? generic : errorBuffer
         var category = Code.forCurlCode(Int(code.rawValue))
+        if category == .protocolNotAllowed, detail.contains("HTTP/0.9") {
+            // The scheme was checked before sending: this is a receiver answering bytes that
+            // are not HTTP. A broken answer, worth retrying, not a refused URL.
+            category = .receiveFailed
+        }
         if category == .receiveFailed || category == .sendFailed, Self.isTLSAlert(detail) {
             // With TLS 1.3 the server judges the client certificate after the
             // client considers the handshake done, so a refusal ("alert
