@@ -4,10 +4,12 @@ import ConsentSyncEngine
 import ConsentSyncHTTP
 import ConsentSyncLogging
 import ConsentSyncOps
+import Foundation
 import ConsentSyncPostgres
 import Logging
 import Metrics
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 struct RunCommand: AsyncParsableCommand {
@@ -43,7 +45,6 @@ struct RunCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(factory)
 
         let http = HTTPClient(configuration: configuration.http.client(userAgent: configuration.relay.userAgent), logger: logger)
-        defer { http.shutdown() }
         let relay = Relay(
             configuration: configuration.relay, database: configuration.database, http: http,
             keyring: configuration.secretKeys.keyring, logger: logger
@@ -81,7 +82,26 @@ struct RunCommand: AsyncParsableCommand {
         } catch is CancellationError {
             // A second signal: the relay wrote back what it could; the rest stays pending.
         }
+        await shutDown(http, logger: logger)
         logger.info("consent-sync stopped")
+    }
+
+    /// Stops the HTTP client's thread, but never lets it hold up the exit: every result is
+    /// already written, so after a few seconds the process ends regardless.
+    private func shutDown(_ http: HTTPClient, logger: Logger) async {
+        let done = Atomic<Bool>(false)
+        let thread = Thread {
+            http.shutdown()
+            done.store(true, ordering: .releasing)
+        }
+        thread.start()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !done.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        if !done.load(ordering: .acquiring) {
+            logger.warning("the HTTP client did not stop within 5 s; exiting anyway")
+        }
     }
 
     private func runUntilStopped(group: ServiceGroup, signals: UnixSignalsSequence, reloader: Reloader, logger: Logger) async throws {

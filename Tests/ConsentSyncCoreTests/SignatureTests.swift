@@ -49,6 +49,15 @@ import Testing
         }
     }
 
+    /// Found by fuzzing: a combining mark after the separating space merged them into one
+    /// Character and hid a valid signature.
+    @Test func aCombiningMarkAfterASignatureDoesNotHideIt() throws {
+        let secret = SigningSecret.generate()
+        let body = Array("{}".utf8)
+        let header = WebhookSigner.signature(id: "msg_1", timestamp: 1_700_000_000, body: body, secrets: [secret]) + " \u{594}junk"
+        try WebhookSigner.verify(id: "msg_1", timestamp: "1700000000", signatureHeader: header, body: body, secrets: [secret], now: Date(timeIntervalSince1970: 1_700_000_000))
+    }
+
     @Test func generatedSecretsRoundTripAndNeverPrint() throws {
         let secret = SigningSecret.generate()
         #expect(secret.key.count == 32)

@@ -5,12 +5,13 @@ import Testing
 
 extension Scenarios {
     @Suite struct Burst {
-        /// 10,000 changes written in a few seconds (the issue asks for 20,000; scaled down so that
-        /// the suite stays quick on two shared cores), with one slow subscriber that must not hold
-        /// up the others.
+        /// 5,000 changes written in about a second (the issue asks for 20,000; scaled down so that
+        /// the scenario stays near 30 s on two cores shared with other builds: 10,000 took 26 s
+        /// on a quiet machine and 65 s beside a sanitizer build), with one slow subscriber that
+        /// must not hold up the others.
         @Test func aBurstWithOneSlowSubscriber() async throws {
             try await RelayFixture.withMigratedDatabase { testDatabase in
-                try await ScenarioHarness.run("burst of 10,000 changes, one slow subscriber", database: ScenarioDatabase(testDatabase)) { scenario in
+                try await ScenarioHarness.run("burst of 5,000 changes, one slow subscriber", database: ScenarioDatabase(testDatabase)) { scenario in
                     let fast = try await scenario.addReceiver("fast", limits: .init(maxInFlight: 32, timeout: .seconds(5)))
                     let slow = try await scenario.addReceiver(
                         "slow", purposes: ["ads"], limits: .init(maxInFlight: 8, timeout: .seconds(5)),
@@ -19,10 +20,10 @@ extension Scenarios {
                     try await scenario.startDaemons(1, environment: ["CONSENT_SYNC_RELAY_CLAIM_BATCH_SIZE": "500"])
                     let purposes = ["marketing_email", "ads", "analytics", "calls"]
                     let started = ContinuousClock.now
-                    let written = try await ScenarioWriter.burst(subjects: 500, rounds: 5, purposes: purposes, on: scenario.database)
+                    let written = try await ScenarioWriter.burst(subjects: 250, rounds: 5, purposes: purposes, on: scenario.database)
                     let writeTime = ContinuousClock.now - started
                     scenario.fault("burst written")
-                    #expect(written == 10_000)
+                    #expect(written == 5_000)
 
                     // When did each subscriber have everything?
                     async let fastDone = Self.timeUntil(fast, accepted: written, since: started)
@@ -33,7 +34,7 @@ extension Scenarios {
                     let outcome = try await scenario.finish(quiescenceTimeout: .seconds(120))
                     #expect(outcome.report.isClean, "\(outcome.report)")
                     #expect(outcome.report.duplicates == 0)
-                    #expect(outcome.report.changes == 10_000)
+                    #expect(outcome.report.changes == 5_000)
                 }
             }
         }

@@ -84,12 +84,9 @@ extension Scenarios {
         }
 
         /// A receiver that sometimes answers bytes that are not HTTP: a transient fault, to be
-        /// retried like a reset connection.
-        ///
-        /// Known issue (reported, not fixed here): libcurl reports such an answer as
-        /// CURLE_UNSUPPORTED_PROTOCOL ("Received HTTP/0.9 when not allowed"), which the HTTP layer
-        /// maps to `protocolNotAllowed`, the code of the scheme allowlist, and that is not
-        /// retryable: the delivery is `dead` after one attempt.
+        /// retried like a reset connection. (Found by this scenario: libcurl reports such an
+        /// answer as CURLE_UNSUPPORTED_PROTOCOL, "Received HTTP/0.9 when not allowed", which was
+        /// taken for the scheme allowlist's refusal and made the delivery `dead` at once.)
         @Test func aReceiverAnsweringGarbageBytesIsRetried() async throws {
             try await RelayFixture.withMigratedDatabase { testDatabase in
                 try await ScenarioHarness.run("receiver answers garbage bytes", database: ScenarioDatabase(testDatabase)) { scenario in
@@ -102,27 +99,18 @@ extension Scenarios {
                     let written = await ScenarioWriter.run(.steady(seconds: 5, rowsPerSecond: 60), on: scenario.database, seed: scenario.seed)
                     scenario.fault("writer done")
                     let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(30))
-                    let http09 = scenario.fleet?.logLines(containing: "HTTP/0.9").count ?? 0
+                    #expect(outcome.report.isClean, "\(outcome.report)")
                     #expect(outcome.drain != nil, "never drained")
                     #expect(outcome.report.duplicates == 0)
                     #expect(scenario.receivers.flatMap(\.receipts).contains { $0.outcome == .garbage })
-                    withKnownIssue("a non-HTTP answer is classified as 'protocol not allowed' and is dead at once") {
-                        #expect(outcome.report.isClean, "\(outcome.report.dead) dead; 'HTTP/0.9' logged \(http09) times")
-                    } when: {
-                        outcome.report.dead > 0 && http09 > 0
-                            && outcome.report.violations.allSatisfy { $0.invariant == .noUnexpectedDead || $0.invariant == .everyChangeReachedEveryMatchingSubscriber }
-                    }
                 }
             }
         }
 
-        /// A receiver that answers 503 with a hostile `Retry-After` (found by the RetryAfter.parse
-        /// fuzzer, scripts/fuzz): the daemon must record it and retry, not crash.
-        ///
-        /// Known issue (reported, not fixed here): `RetryAfter.parse` hands the value to
-        /// Foundation's `DateFormatter`, which on Linux stops the process with "Incorrect range
-        /// CFRange(...)" for this non-ASCII date; any receiver can so crash every daemon that
-        /// sends to it, again after each restart.
+        /// A receiver that answers 503 with a hostile `Retry-After`: the daemon must record it and
+        /// retry, not crash. (Found by the RetryAfter.parse fuzzer, scripts/fuzz: Foundation's
+        /// `DateFormatter` on Linux stopped the process with "Incorrect range CFRange(...)" on
+        /// this non-ASCII date, so any receiver could crash every daemon sending to it.)
         @Test func aHostileRetryAfterDoesNotCrashTheDaemon() async throws {
             try await RelayFixture.withMigratedDatabase { testDatabase in
                 try await ScenarioHarness.run("receiver answers a hostile Retry-After", database: ScenarioDatabase(testDatabase)) { scenario in
@@ -136,50 +124,40 @@ extension Scenarios {
                     while receiver.receipts.isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
                     try await Task.sleep(for: .seconds(1))
                     let running = fleet.running
-                    let crashed = fleet.logs.contains("Incorrect range")
-                    withKnownIssue("RetryAfter.parse crashes on a non-ASCII HTTP date") {
-                        #expect(running == [0], "the daemon died: \(fleet.logs.suffix(600))")
-                    } when: {
-                        crashed
-                    }
+                    #expect(running == [0], "the daemon died: \(fleet.logs.suffix(600))")
                     if running == [0] {
                         let outcome = try await scenario.finish(quiescenceTimeout: .seconds(15))
                         #expect(outcome.report.isClean, "\(outcome.report)")
+                        #expect(receiver.receipts.count == 2, "one 503, then the retry")
                     }
                 }
             }
         }
 
-        /// A receiver that answers 200 with a body of random bytes. Its answer is kept in the
-        /// attempt log; it must not stop anything.
-        ///
-        /// Known issue (reported, not fixed here): `postgresArrayOfOptionals` in
-        /// SubscriberStore.swift escapes `"` and `\\` per `Character`, so a quote or backslash
-        /// followed by a combining mark (U+0300…) is one grapheme that is not escaped. A response
-        /// excerpt holding one makes `DeliveryStore.record` fail with "malformed array literal"
-        /// for the whole batch, which is retried first forever: the daemon stops writing results
-        /// for every subscriber. Random bytes hit it within seconds.
+        /// A receiver that answers 200 with a body of random bytes, and one whose JSON has a
+        /// combining accent right after a quote. Their answers are kept in the attempt log; they
+        /// must not stop anything. (Found by this scenario: the array literal of the batched write
+        /// escaped `"` and `\\` per `Character`, and a quote followed by a combining mark is one
+        /// `Character`; the write failed with "malformed array literal" and was retried first,
+        /// forever, so the daemon stopped recording results and fanning out for everyone.)
         @Test func aReceiverAnswering200WithGarbageDoesNotStopTheRelay() async throws {
             try await RelayFixture.withMigratedDatabase { testDatabase in
                 try await ScenarioHarness.run("receiver answers 200 with garbage bytes", database: ScenarioDatabase(testDatabase)) { scenario in
                     try await scenario.addReceiver("steady")
                     try await scenario.addReceiver("garbage-200", purposes: ["ads", "calls"], script: { _ in .acceptWithGarbageBody(bytes: 4096) })
                     // Valid JSON whose string starts with a combining accent: the quote before it
-                    // and the accent form one Character. Makes the known issue certain to show.
+                    // and the accent form one Character. Hits the old bug on every answer.
                     try await scenario.addReceiver("accent-200", purposes: ["analytics"], script: { _ in
                         .acceptWithBody(Array("{\"note\":\"\u{301}ok\"}".utf8))
                     })
                     try await scenario.startDaemons(1)
                     let written = await ScenarioWriter.run(.steady(seconds: 5, rowsPerSecond: 60), on: scenario.database, seed: scenario.seed)
                     scenario.fault("writer done")
-                    let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(15))
+                    let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(30))
                     let stalled = scenario.fleet?.logLines(containing: "malformed array literal").count ?? 0
-                    withKnownIssue("record() fails on a response excerpt with a quote or backslash before a combining mark") {
-                        #expect(outcome.report.isClean, "\(outcome.report.violations.count) violations; 'malformed array literal' logged \(stalled) times")
-                        #expect(outcome.drain != nil, "never drained")
-                    } when: {
-                        stalled > 0
-                    }
+                    #expect(outcome.report.isClean, "\(outcome.report)")
+                    #expect(outcome.drain != nil, "never drained")
+                    #expect(stalled == 0, "'malformed array literal' logged \(stalled) times")
                 }
             }
         }

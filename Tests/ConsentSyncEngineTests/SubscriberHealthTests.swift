@@ -139,7 +139,7 @@ struct SubscriberHealthTests {
                 // The healthy receiver gets all 40 while the slow one still holds its first two
                 // requests open (each lasts its 2 s timeout) and the failing one backs off.
                 try await healthy.waitForRequests(count: 40, timeout: .seconds(10))
-                #expect(slow.requests.count <= 4, "the slow receiver only ever has its own 2 slots")
+                #expect(!slow.requests.isEmpty && !failing.requests.isEmpty, "the other two were tried meanwhile")
                 try await waitUntil("the healthy subscriber's 40 deliveries recorded", timeout: .seconds(10)) {
                     let done = try await database.withConnection { connection in
                         try await connection.query(

@@ -22,7 +22,7 @@ struct SystemdServiceTests {
                 let task = Task { try await group.run() }
 
                 try await waitUntil("READY=1") { socket.lines.contains("READY=1") }
-                #expect(socket.lines.contains { $0.hasPrefix("STATUS=delivering: 0 subscribers") }, "\(socket.lines)")
+                try await waitUntil("a STATUS= line") { socket.lines.contains { $0.hasPrefix("STATUS=delivering: 0 subscribers") } }
                 try await waitUntil("three watchdog pings") { socket.lines.filter { $0 == "WATCHDOG=1" }.count >= 3 }
                 #expect(socket.lines.filter { $0 == "READY=1" }.count == 1)
                 #expect(!socket.lines.contains("STOPPING=1"))

@@ -672,6 +672,16 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             time.sleep(0.05)
         return seen_at
 
+    def wait_some(self, nginx, daemon, expected, deadline):
+        """Waits until `expected` requests arrived (True) or the deadline passed (False)."""
+        while time.time() < deadline:
+            daemon.check_alive()
+            daemon.rss()
+            if nginx.received() >= expected:
+                return True
+            time.sleep(0.1)
+        return nginx.received() >= expected
+
     def delivery_states(self, db):
         rows = self.pg.rows("SELECT s.name, d.state, count(*) FROM consent_sync.deliveries d JOIN consent_sync.subscribers s "
                             "ON s.id = d.subscriber_id GROUP BY 1, 2 ORDER BY 1, 2", db)
@@ -679,7 +689,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
 
     # -- the self-check -----------------------------------------------------------------------
 
-    def self_check(self, db, nginx, subscriber_ports, scenario, first_change_id=None):
+    def self_check(self, db, nginx, subscriber_ports, scenario, complete=True):
         """Every change reached every subscriber exactly once; per subject, each receiver saw the
         changes in change-id order; no failed attempt. Returns (ok, details, per_delivery) where
         per_delivery maps delivery id -> (subscriber id, change id, changed_at epoch, receipt epoch)."""
@@ -701,6 +711,9 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if d[3] != "delivered":
                 not_delivered += 1
         missing_pairs = len(change_subject) * k - len(pairs)
+        delivered_state = {int(d[0]) for d in deliveries if d[3] == "delivered"}
+        if not complete:
+            not_delivered = 0  # a time-boxed run: checked below against what was received instead
         if missing_pairs:
             problems.append(f"{missing_pairs} (change, subscriber) pairs have no delivery")
         if not_delivered:
@@ -747,20 +760,31 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                         examples.append(f"port {port}: subject {subject}: change {cid} arrived after change {previous}")
                 last_by_subject[subject] = max(cid, previous or 0)
         missing = len(by_id) - len(received)
+        if not complete:
+            # every delivery recorded as delivered was received, and nothing else was
+            missing = len(delivered_state - set(received))
+            extra = len(set(received) - delivered_state)
+            if extra:
+                problems.append(f"{extra} received deliveries are not recorded as delivered")
         for count, label in ((duplicates, "duplicate webhook-ids"), (unknown, "webhook-ids of no delivery"),
                              (wrong_receiver, "requests at the wrong receiver"), (foreign, "requests without a valid webhook-id"),
-                             (missing, "deliveries never received"), (order_violations, "per-subject order violations")):
+                             (missing, "deliveries never received" if complete else "deliveries recorded as delivered but never received"),
+                             (order_violations, "per-subject order violations")):
             if count:
                 problems.append(f"{count} {label}")
         details = {
             "changes": len(change_subject), "subscribers": k, "deliveries": len(by_id), "received": len(received),
             "attempts": attempts, "duplicates": duplicates, "missing": missing, "order_violations": order_violations,
-            "subjects": len(set(change_subject.values())), "problems": problems, "examples": examples,
+            "subjects": len(set(change_subject.values())), "problems": problems, "examples": examples, "complete": complete,
         }
         ok = not problems
         if ok:
-            log(f"{scenario}: self-check OK: {len(change_subject)} changes x {k} subscribers = {len(received)} deliveries, "
-                f"each received once, per-subject order kept ({details['subjects']} subjects)")
+            if complete:
+                log(f"{scenario}: self-check OK: {len(change_subject)} changes x {k} subscribers = {len(received)} deliveries, "
+                    f"each received once, per-subject order kept ({details['subjects']} subjects)")
+            else:
+                log(f"{scenario}: self-check OK (partial run): the {len(received)} deliveries recorded as delivered were each "
+                    f"received once, nothing else was, per-subject order kept")
         else:
             message = f"SELF-CHECK FAILED in {scenario}: " + "; ".join(problems) + ("\n  " + "\n  ".join(examples) if examples else "")
             log(message)
@@ -810,10 +834,12 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         log(f"nginx alone ({self.args.nginx_workers} worker): {result.get('requests_per_s')} requests/s with {result['tool']}")
         self.record(result)
 
-    def drain(self, label, changes, k, paused_backlog=False, wrapper=None, perf=None, statements=False):
+    def drain(self, label, changes, k, paused_backlog=False, wrapper=None, perf=None, statements=False, time_box=None):
         """Commit `changes` with the daemon stopped, start it, measure until all is delivered.
         With paused_backlog, the deliveries are created first (subscribers paused) so that the
-        measured run starts from `changes * k` pending deliveries."""
+        measured run starts from `changes * k` pending deliveries. With time_box (seconds), the
+        daemon is stopped after that long even if not everything is delivered: the figures cover
+        what was delivered, and the self-check what was received."""
         db = self.new_db(label)
         workdir = os.path.join(self.work, db)
         os.makedirs(workdir)
@@ -867,9 +893,15 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             perf_proc = perf(daemon) if perf else None
             started = daemon.start()
             before["wall"] = started
-            last_seen = self.wait_delivered(db, nginx, daemon, expected, label,
-                                            stall_seconds=600 if wrapper else None,
-                                            limit_seconds=(expected / 5 + 600) if wrapper else None)
+            complete = True
+            if time_box:
+                complete = self.wait_some(nginx, daemon, expected, started + time_box)
+                if not complete:
+                    log(f"{label}: time box of {time_box} s reached at {nginx.received()}/{expected} requests; stopping the daemon")
+            if complete:
+                self.wait_delivered(db, nginx, daemon, expected, label,
+                                    stall_seconds=600 if wrapper else None,
+                                    limit_seconds=(expected / 5 + 600) if wrapper else None)
             after = watch.sample()
             daemon.rss()
             if perf_proc:
@@ -886,10 +918,15 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             daemon.stop(timeout=300 if wrapper else 40)
             daemon = None
             nginx.stop()
-            ok, check, per = self.self_check(db, nginx, ports, label)
+            ok, check, per = self.self_check(db, nginx, ports, label, complete=complete)
             history_max = int(self.pg.value("SELECT coalesce(max(id), 0) FROM consent_sync.changes WHERE source = 'bench-history'", db)) if history else 0
             receipts = sorted(r[3] for r in per.values() if r[3] is not None and r[1] > history_max)
             cpu = Stopwatch.delta(before, after)
+            timeline = rate_timeline(receipts, started, 10)
+            with open(os.path.join(self.out, f"{label}-rate.csv"), "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["seconds_since_start", "deliveries_per_s", "delivered_so_far"])
+                writer.writerows(timeline)
             n = len(receipts)
             elapsed = (max(receipts) - started) if receipts else None
             middle = None
@@ -898,7 +935,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 middle = (int(n * 0.9) - int(n * 0.1)) / (hi - lo) if hi > lo else None
             result = {
                 "scenario": label, "k": k, "changes": total, "deliveries": n, "fill_seconds": round(fill_seconds, 2),
-                "history_changes": history,
+                "history_changes": history, "complete": complete,
                 "seconds": round(elapsed, 3) if elapsed else None,
                 "deliveries_per_s": round(n / elapsed, 1) if elapsed else None,
                 "deliveries_per_s_10_90pct": round(middle, 1) if middle else None,
@@ -913,6 +950,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 "foreign_cpu_pct": round(cpu["foreign_cpu_pct"], 1), "load1": round(cpu["load1"], 2),
                 "peak_rss_mib": round(daemon_peak(watch) / 1024, 1),
                 "pg_transactions_per_delivery": round((xact1 - xact0) / n, 3) if n else None,
+                "rate_by_10s": [row[1] for row in timeline],
                 "self_check": "ok" if ok else "FAILED", "check": check,
             }
             result.update(pids)
@@ -957,8 +995,9 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         backlogs = [self.args.backlog_small] + ([self.args.backlog_big] if self.args.big_backlog else [])
         for backlog in backlogs:
             k = self.args.drain_k
+            box = self.args.backlog_big_seconds if backlog == self.args.backlog_big else None
             result = self.attempt(f"backlog-{backlog}",
-                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True))
+                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True, time_box=box))
             if result:
                 self.record(result)
 
@@ -1471,6 +1510,23 @@ unset multiplot
         return "\n".join(lines)
 
 
+def rate_timeline(receipts, start, step):
+    """[(seconds since start, deliveries/s in that step, delivered so far)] for sorted receipts."""
+    rows, index, total = [], 0, 0
+    if not receipts:
+        return rows
+    edge = start + step
+    while index < len(receipts):
+        count = 0
+        while index < len(receipts) and receipts[index] < edge:
+            index += 1
+            count += 1
+        total += count
+        rows.append((round(edge - start), round(count / step, 1), total))
+        edge += step
+    return rows
+
+
 def daemon_peak(watch):
     return watch.daemon.peak_rss_kib if watch.daemon else 0
 
@@ -1583,6 +1639,8 @@ def parse_args(argv):
                    help="scaling: deliveries per K (changes = this / K; default 150000)")
     p.add_argument("--backlog-small", type=int, default=env_default("backlog_small", None, int), help="scaling: small pending backlog (default 10000)")
     p.add_argument("--backlog-big", type=int, default=env_default("backlog_big", 1000000, int), help="scaling: big pending backlog (default 1000000)")
+    p.add_argument("--backlog-big-seconds", type=int, default=env_default("backlog_big_seconds", 600, int),
+                   help="stop the big backlog's drain after this long and report the rate so far (default 600; 0: until done)")
     p.add_argument("--big-backlog", action="store_true", default=env_default("big_backlog", False, bool), help="run the big backlog too (slow)")
     p.add_argument("--producer-seconds", type=int, default=env_default("producer_seconds", None, int), help="producer: seconds per pgbench run (default 10)")
     p.add_argument("--producer-clients", type=ints, default=env_default("producer_clients", None, "ints"), help="producer: client counts (default 1,4,16)")
@@ -1651,6 +1709,13 @@ def main(argv):
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         status = 130
+        if bench is not None:
+            stop_everything()
+            try:
+                bench.failures.append("interrupted before the end: results cover the scenarios that finished")
+                bench.write_outputs()
+            except Exception as error:  # the figures so far are in results.json anyway
+                log(f"could not write the summary: {error}")
     except BenchError as error:
         log(f"error: {error}")
         status = 1

@@ -39,10 +39,12 @@ public enum WebhookSigner {
 
         for secret in secrets {
             let expected = Array(sign(id: id, timestamp: seconds, body: body, secret: secret).utf8)
-            for candidate in signatureHeader.split(separator: " ") {
-                let parts = candidate.split(separator: ",", maxSplits: 1)
-                guard parts.count == 2, parts[0] == "v1" else { continue }
-                if constantTimeEquals(Array(parts[1].utf8), expected) { return }
+            // Split on the bytes, not on Characters: a space followed by a combining mark is
+            // one Character, and must not hide the signature before it (found by fuzzing).
+            for candidate in signatureHeader.utf8.split(separator: UInt8(ascii: " ")) {
+                let parts = candidate.split(separator: UInt8(ascii: ","), maxSplits: 1)
+                guard parts.count == 2, Array(parts[0]) == Array("v1".utf8) else { continue }
+                if constantTimeEquals(Array(parts[1]), expected) { return }
             }
         }
         throw .noMatchingSignature

@@ -57,15 +57,12 @@ public final class DaemonFleet: Sendable {
 
     /// Starts daemon `index` unless it runs.
     public func start(_ index: Int) throws {
-        let daemon = try self.state.withLock { state -> DaemonProcess? in
-            if state.daemons[index]?.isRunning == true { return nil }
+        try self.state.withLock { state in
+            if state.daemons[index]?.isRunning == true { return }
             if let ended = state.daemons[index] { state.endedLogs.append(Self.tail(ended, label: "daemon \(index)")) }
-            let daemon = try DaemonProcess(["run"], environment: self.environment)
-            state.daemons[index] = daemon
+            state.daemons[index] = try DaemonProcess(["run"], environment: self.environment)
             state.starts += 1
-            return daemon
         }
-        _ = daemon
     }
 
     public func startAll() throws {

@@ -134,7 +134,7 @@ public enum InvariantChecker {
         case noRolledBackOrUnknownChangeSent = "no rolled-back (or unknown) change was sent"
         case orderPerSubscriberAndSubject = "per subscriber and subject, first arrivals follow commit order"
         case noDuplicates = "no duplicates (scenario without crashes)"
-        case nothingInFlightOrLeased = "nothing in flight or leased after quiescence"
+        case nothingInFlightOrLeased = "nothing pending, in flight or leased after quiescence"
         case noUnexpectedDead = "no dead delivery unless the scenario forced one"
         case deliveredMeansAcknowledged = "a delivery marked delivered was acknowledged with a 2xx"
     }

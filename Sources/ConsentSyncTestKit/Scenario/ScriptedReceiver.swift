@@ -16,7 +16,7 @@ import Synchronization
 /// Each connection is served by its own thread (plain blocking I/O with short `poll` ticks),
 /// which keeps the code small and the behaviour exact; a scenario has a few dozen
 /// connections at most. What it records (``WebhookReceipt``) is what the invariant checker
-/// reads.
+/// reads. Its threads keep it alive until ``stop()`` (``ScenarioHarness`` always calls it).
 public final class ScriptedReceiver: Sendable {
     /// How to answer one request.
     public enum Behavior: Sendable, CustomStringConvertible {
@@ -99,17 +99,6 @@ public final class ScriptedReceiver: Sendable {
             return receiver
         }
         throw ScenarioError("no free port for receiver \(name) on 127.0.0.1")
-    }
-
-    deinit {
-        // A receiver dropped without `stop()` must not keep serving.
-        let listener = self.state.withLock { state -> Int32 in
-            state.isStopped = true
-            state.generation += 1
-            for connection in state.connections { shutdown(connection, Int32(SHUT_RDWR)) }
-            return state.isUp ? state.listener : -1
-        }
-        if listener >= 0 { shutdown(listener, Int32(SHUT_RDWR)) }
     }
 
     /// "http://127.0.0.1:<port><path>"
