@@ -5,7 +5,7 @@
 SWIFT ?= swift
 TEST_FLAGS ?=
 
-.PHONY: all build release test demo deps clean
+.PHONY: all build release test demo bench deps clean
 
 all: build
 
@@ -26,6 +26,11 @@ test: deps
 
 demo: deps
 	scripts/demo.sh
+
+# Throughput, latency, cost and scaling figures (see docs/benchmarks.md); BENCH_FLAGS=--smoke
+# for a quick run.
+bench: deps
+	scripts/bench/run.sh $(BENCH_FLAGS)
 
 clean:
 	rm -rf .build .local
