@@ -1065,7 +1065,9 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         window = max(1e-9, t_last_commit - t0)
         # backlog over time (deliveries committed but not yet received), from the timestamps alone
         step = 0.1
-        buckets = int(window / step) + 1
+        span = max(window, receipts[-1] - t0)
+        buckets = int(span / step) + 1
+        window_buckets = int(window / step) + 1
         made = [0] * (buckets + 1)
         got = [0] * (buckets + 1)
         for c in commits:
@@ -1081,8 +1083,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             level += made[i] - got[i]
             backlog.append(level)
         # least-squares slope of the backlog, over the production window after its first 10 %
-        xs = [i * step for i in range(int(buckets * 0.1), buckets)]
-        ys = [backlog[i] for i in range(int(buckets * 0.1), buckets)]
+        xs = [i * step for i in range(int(window_buckets * 0.1), window_buckets)]
+        ys = [backlog[i] for i in range(int(window_buckets * 0.1), window_buckets)]
         slope = 0.0
         if len(xs) > 2:
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -1111,7 +1113,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             "latency_p50_ms": round(percentile(latencies, 50), 2), "latency_p95_ms": round(percentile(latencies, 95), 2),
             "latency_p99_ms": round(percentile(latencies, 99), 2), "latency_max_ms": round(latencies[-1], 2),
             "latency_mean_ms": round(sum(latencies) / n, 2),
-            "backlog_max": max(backlog), "backlog_growth_over_run": round(growth, 1), "drain_tail_s": round(tail, 3),
+            "backlog_max": max(backlog[:window_buckets + 1]), "backlog_growth_over_run": round(growth, 1), "drain_tail_s": round(tail, 3),
             "backlog_flat": flat,
             "daemon_cpu_us_per_delivery": round(1e6 * cpu["daemon"] / n, 1),
             "daemon_cpu_s_per_1000": round(1000 * cpu["daemon"] / n, 4),
@@ -1123,7 +1125,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         }
         log(f"{label}: produced {result['produced_per_s']}/s, delivered {result['deliveries_per_s']}/s; latency ms p50 "
             f"{result['latency_p50_ms']} p95 {result['latency_p95_ms']} p99 {result['latency_p99_ms']} max {result['latency_max_ms']}; "
-            f"backlog {'flat' if flat else 'NOT flat'} (max {max(backlog)}, growth {growth:.0f}, tail {tail:.3f} s)")
+            f"backlog {'flat' if flat else 'NOT flat'} (max {max(backlog[:window_buckets + 1])}, growth {growth:.0f}, tail {tail:.3f} s)")
         return result
 
     def scenario_live(self):
@@ -1201,8 +1203,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         data = os.path.join(self.out, f"live-timeline-{self.live_series.get('run', 1)}.csv")
         png = os.path.join(self.out, "live-latency.png")
         r = self.live_series
-        title = (f"consent-sync live: {r['produced_per_s']:.0f} changes/s x K={r['k']}, commit-to-receipt latency per second "
-                 f"(p50 {r['latency_p50_ms']} / p99 {r['latency_p99_ms']} ms overall)")
+        title = (f"consent-sync live: {r['produced_per_s']:.0f} changes/s x K={r['k']} for {r['seconds']:.0f} s, commit-to-receipt "
+                 f"latency by second of receipt (overall p50 {r['latency_p50_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms)")
         script = f"""
 set terminal pngcairo size 1200,700 font ",10"
 set output '{png}'
@@ -1430,7 +1432,7 @@ unset multiplot
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join(["scripts/bench/run.sh", *sys.argv[1:]]),
             "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "model": cpu_model()},
-            "revision": git_revision(),
+            "revision": os.environ.get("BENCH_REVISION") or (git_revision() + " (working tree)" if git_revision() else None),
             "postgres": getattr(self, "_pg_meta", None),
             "settings": {k: v for k, v in vars(self.args).items()},
         }
@@ -1494,7 +1496,7 @@ unset multiplot
         if producer:
             lines.append("\nproducer cost (pgbench upsert on consent_sync.consents, tps):")
             lines.append("  clients   trigger on   trigger off   cost")
-            for clients in self.args.producer_clients:
+            for clients in sorted({r["clients"] for r in producer}):
                 on = next((r["tps"] for r in producer if r["clients"] == clients and r["trigger"]), None)
                 off = next((r["tps"] for r in producer if r["clients"] == clients and not r["trigger"]), None)
                 cost = f"{100 * (1 - on / off):.0f}% fewer tps" if on and off else "-"
@@ -1682,7 +1684,25 @@ def parse_args(argv):
     return args
 
 
+def report(folders):
+    """Re-renders the table from the results.json of one or more earlier runs."""
+    bench = Bench.__new__(Bench)
+    bench.results, bench.failures = [], []
+    workers = 1
+    for folder in folders:
+        with open(os.path.join(folder, "results.json")) as f:
+            data = json.load(f)
+        bench.results += data.get("results", [])
+        bench.failures += data.get("failures", [])
+        workers = data.get("settings", {}).get("nginx_workers", workers)
+    bench.args = argparse.Namespace(nginx_workers=workers)
+    print(bench.table())
+    return 1 if bench.failures else 0
+
+
 def main(argv):
+    if argv[:1] == ["--report"]:
+        return report(argv[1:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
     bench = None

@@ -60,6 +60,15 @@ if [ -z "${BENCH_BINARY:-}" ]; then
     echo "bench: swift build -c release --product consent-sync --scratch-path .build-bench" >&2
     swift build -c release --product consent-sync --scratch-path .build-bench >&2
     BENCH_BINARY="$(swift build -c release --scratch-path .build-bench --show-bin-path)/consent-sync"
+    # what was built: HEAD plus the uncommitted changes of the working tree, if any
+    if [ -z "${BENCH_REVISION:-}" ] && command -v git >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1; then
+        BENCH_REVISION="$(git rev-parse --short HEAD)"
+        changed="$(git status --porcelain --untracked-files=no | wc -l)"
+        [ "$changed" -eq 0 ] || BENCH_REVISION="$BENCH_REVISION + $changed uncommitted files"
+        export BENCH_REVISION
+    fi
+else
+    export BENCH_REVISION="${BENCH_REVISION:-unknown (BENCH_BINARY=$BENCH_BINARY)}"
 fi
 export BENCH_BINARY
 [ -x "$BENCH_BINARY" ] || { echo "bench: $BENCH_BINARY is missing" >&2; exit 1; }
