@@ -22,9 +22,13 @@ struct DispatchState {
     mutating func budgets(for subscribers: some Sequence<Subscriber>, perRound: Int, now: ContinuousClock.Instant = .now) -> [(subscriberID: Int64, count: Int)] {
         var free = maxInFlight - inFlightTotal
         var result: [(subscriberID: Int64, count: Int)] = []
-        for subscriber in subscribers.sorted(by: { $0.id < $1.id }) where subscriber.enabled {
+        let enabled = subscribers.filter(\.enabled).sorted(by: { $0.id < $1.id })
+        // A fair share of the instance's free slots each, so that subscribers early in the
+        // list cannot take every slot while later ones (with work due) get none.
+        let share = max(1, free / max(1, enabled.count))
+        for subscriber in enabled {
             guard free > 0 else { break }
-            var slots = min(subscriber.limits.maxInFlight - inFlight[subscriber.id, default: 0], perRound, free)
+            var slots = min(subscriber.limits.maxInFlight - inFlight[subscriber.id, default: 0], perRound, free, share)
             if let rate = subscriber.limits.ratePerSecond {
                 var bucket = buckets[subscriber.id] ?? TokenBucket(rate: rate / Double(max(1, instances)), now: now)
                 bucket.refill(rate: rate / Double(max(1, instances)), now: now)
