@@ -60,6 +60,11 @@ import Testing
         let garbage = try await client.send(request(WebhookMessage(id: "msg_d", timestamp: now, body: Array("not json".utf8), secrets: [secret], userAgent: "t")))
         #expect(garbage.status == 400)
 
+        // The child's output arrives through a pipe: wait for all five lines.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while receiver.stdout.split(separator: "\n").count < 5 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         let lines = receiver.stdout.split(separator: "\n").compactMap { line in
             try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
         }

@@ -57,7 +57,7 @@ struct WebhookReceiverTests {
             let clock = ContinuousClock()
             let start = clock.now
             await receiver.stop()
-            #expect(clock.now - start < .seconds(2))
+            #expect(clock.now - start < .seconds(10), "stop() must release a hanging reply long before its 30 s timeout")
             // The hanging request ends with the receiver's 503, or a closed connection.
             switch await hanging.result {
             case .success(let response): #expect(response.status == 503)
