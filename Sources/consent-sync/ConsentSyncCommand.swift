@@ -14,6 +14,7 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             KeysCommand.self,
             DeliveriesCommand.self,
             ReplayCommand.self,
+            WatchCommand.self,
             StatusCommand.self,
             ReceiveCommand.self,
             CheckConfigCommand.self,

@@ -58,6 +58,15 @@ struct SubscriberCommand: AsyncParsableCommand {
         @Option(help: "PEM private key of the client certificate (absolute path).")
         var clientKey: String?
 
+        @Option(help: ArgumentHelp("Send only these captured attributes (comma-separated); default: every attribute the watched table captures.", valueName: "a,b"))
+        var fields: String?
+
+        @Flag(help: "Send a pseudonymous subject id (HMAC-SHA256 of the id under a key of this subscriber's own) instead of the raw id.")
+        var pseudonymous = false
+
+        @Flag(help: "When several changes of one subject and purpose wait for this subscriber, send only the newest; the others are recorded as superseded.")
+        var newestWins = false
+
         func validate() throws {
             guard (1...10_000).contains(maxInFlight) else { throw ValidationError("--max-in-flight must be between 1 and 10000") }
             guard (1...3_600_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be between 1 and 3600000") }
@@ -83,6 +92,9 @@ struct SubscriberCommand: AsyncParsableCommand {
                 )
             )
             var checked = requested
+            checked.fields = fields.map { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+            checked.pseudonymous = pseudonymous
+            checked.newestWins = newestWins
             checked.tls = .init(caBundlePath: caBundle, clientCertificatePath: clientCert, clientKeyPath: clientKey)
             do {
                 try checked.validate()
@@ -130,10 +142,20 @@ struct SubscriberCommand: AsyncParsableCommand {
                     subscriber.eventTypes?.joined(separator: ",") ?? "*",
                     String(subscriber.limits.maxInFlight), "\(subscriber.limits.timeout.milliseconds)ms",
                     Self.secrets(subscriber),
+                    Self.sends(subscriber),
                     Self.why(subscriber),
                 ]
             }
-            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT", "SECRETS", "REASON"], rows: rows))
+            print(TextTable.render(header: ["NAME", "STATE", "URL", "PURPOSES", "EVENTS", "MAX IN FLIGHT", "TIMEOUT", "SECRETS", "SENDS", "REASON"], rows: rows))
+        }
+
+        /// What it receives beyond the filters: "all", or "fields a,b; pseudonymous ids; newest only".
+        static func sends(_ subscriber: SubscriberStore.Listing) -> String {
+            var parts: [String] = []
+            if let fields = subscriber.fields { parts.append("fields \(fields.joined(separator: ","))") }
+            if subscriber.pseudonymous { parts.append("pseudonymous ids") }
+            if subscriber.newestWins { parts.append("newest only") }
+            return parts.isEmpty ? "all" : parts.joined(separator: "; ")
         }
 
         /// "1", or "2 (next expires 2026-11-30T10:15:02Z)" while a rotation overlaps. Never a secret.

@@ -6,6 +6,10 @@ public struct ConsentChange: Sendable, Equatable {
         case insert = "INSERT"
         case update = "UPDATE"
         case delete = "DELETE"
+        /// The current state of a row, sent by `consent-sync resync` (`consent.snapshot`).
+        case snapshot = "SNAPSHOT"
+        /// `consent-sync forget`: every recipient is asked to erase the subject (`subject.erased`).
+        case erase = "ERASE"
     }
 
     /// Outbox id: assigned at insert, increasing in commit order for any one consent row.
@@ -26,6 +30,9 @@ public struct ConsentChange: Sendable, Equatable {
     public var changedAt: Date
     /// The allowlisted columns of the row as a JSON object text, if any were configured.
     public var attributesJSON: String?
+    /// Why this change cannot be sent (a NULL subject id, an unmapped status, …): its
+    /// deliveries are recorded as dead with this reason instead.
+    public var problem: String?
 
     public init(
         id: Int64,
@@ -39,7 +46,8 @@ public struct ConsentChange: Sendable, Equatable {
         previousStatus: String?,
         source: String?,
         changedAt: Date,
-        attributesJSON: String? = nil
+        attributesJSON: String? = nil,
+        problem: String? = nil
     ) {
         self.id = id
         self.eventID = eventID
@@ -53,6 +61,7 @@ public struct ConsentChange: Sendable, Equatable {
         self.source = source
         self.changedAt = changedAt
         self.attributesJSON = attributesJSON
+        self.problem = problem
     }
 
     /// The CloudEvents `sequence` value: the outbox id, zero-padded so that it compares
@@ -68,4 +77,32 @@ public enum ConsentStatus: String, Sendable, CaseIterable {
     case granted
     case denied
     case withdrawn
+}
+
+extension ConsentChange {
+    /// This change as one subscriber may see it: only the attributes in `fields` (all when
+    /// `nil`), and the subject id replaced by its pseudonym when `pseudonymKey` is set.
+    public func minimised(fields: [String]?, pseudonymKey: PseudonymKey?) -> ConsentChange {
+        var view = self
+        if let pseudonymKey {
+            view.subject = pseudonymKey.pseudonym(for: subject)
+        }
+        if let fields, let attributesJSON {
+            view.attributesJSON = Self.keeping(fields, of: attributesJSON)
+        }
+        return view
+    }
+
+    /// The members of a JSON object named in `fields`, as a JSON object (keys sorted);
+    /// `nil` when none is left or the text is not an object.
+    static func keeping(_ fields: [String], of json: String) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8), options: [.fragmentsAllowed]) as? [String: Any] else {
+            return nil
+        }
+        let kept = object.filter { fields.contains($0.key) }
+        guard !kept.isEmpty, let data = try? JSONSerialization.data(withJSONObject: kept, options: [.sortedKeys, .fragmentsAllowed]) else {
+            return nil
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
 }

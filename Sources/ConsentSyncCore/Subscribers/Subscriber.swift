@@ -62,6 +62,16 @@ public struct Subscriber: Sendable, Equatable {
     public var stateReason: String?
     public var limits: Limits
     public var tls: TLSFiles = TLSFiles()
+    /// Only these captured attributes are sent to it; `nil` for every captured one.
+    public var fields: [String]?
+    /// Set: it receives a pseudonymous subject id (``PseudonymKey/pseudonym(for:)``), never the raw one.
+    public var pseudonymKey: PseudonymKey?
+    /// When several changes of one subject and purpose wait for it, send only the newest;
+    /// the older ones are recorded as superseded.
+    public var newestWins = false
+
+    /// True when its bodies differ from the shared one (fewer attributes, another subject id).
+    public var needsOwnBody: Bool { fields != nil || pseudonymKey != nil }
 
     /// True when the relay may send to this subscriber (`state == .enabled`). Setting it to
     /// false disables an enabled subscriber; setting it to true enables it.

@@ -211,8 +211,14 @@ public final class Relay: Service {
                             subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
                             continue
                         }
-                        let body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
-                        bodies[delivery.change.id] = body
+                        let body: [UInt8]
+                        if subscriber.needsOwnBody {
+                            // Fewer attributes or a pseudonymous subject id: its own bytes.
+                            body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
+                        } else {
+                            body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
+                            bodies[delivery.change.id] = body
+                        }
                         state.started(delivery)
                         leased.withLock { $0[delivery.id] = lease }
                         let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
@@ -324,6 +330,8 @@ public final class Relay: Service {
             for record in records { leases[record.deliveryID] = nil }
         }
         try await disableFailingSubscribers(records, on: db)
+        let waitingAgain = records.filter { $0.newestWins && $0.verdict == .retry && applied.contains($0.deliveryID) }
+        try await DeliveryStore.supersede(subjects: waitingAgain.map { ($0.subscriberID, $0.subject) }, on: db)
         for record in records {
             state.finished(record)
             if !applied.contains(record.deliveryID) {
@@ -383,6 +391,15 @@ public final class Relay: Service {
 
     private func send(_ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8]) async -> AttemptRecord {
         let startedAt = Date()
+        if let problem = delivery.change.problem {
+            // Captured from a row that cannot make an event (no subject id, an unmapped status):
+            // recorded as dead with the reason, for an operator to see; nothing is sent.
+            logger.warning("change cannot be sent; recorded as dead", metadata: [
+                "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)", "change": "\(delivery.change.id)", "reason": "\(problem)",
+            ])
+            metrics.delivery(subscriber: subscriber.name, outcome: "dead")
+            return .init(delivery, verdict: .dead, status: nil, error: "not sent: \(problem)", excerpt: nil, startedAt: startedAt, duration: .zero)
+        }
         let clock = ContinuousClock.now
         let message = WebhookMessage(
             id: webhookID,
@@ -420,11 +437,13 @@ public final class Relay: Service {
         var status: Int?
         var excerpt: String?
         var errorText: String?
+        var response: HTTPResponse?
         do {
-            let response = try await http.send(request)
-            status = response.status
-            excerpt = String(decoding: response.body, as: UTF8.self)
-            outcome = .response(status: response.status, retryAfter: response.header("retry-after"))
+            let answer = try await http.send(request)
+            response = answer
+            status = answer.status
+            excerpt = String(decoding: answer.body, as: UTF8.self)
+            outcome = .response(status: answer.status, retryAfter: answer.header("retry-after"))
         } catch let error as HTTPClientError {
             if error.code == .cancelled || error.code == .shutdown {
                 return interrupted(delivery, startedAt: startedAt, since: clock)
@@ -447,7 +466,7 @@ public final class Relay: Service {
         }
         metadata["duration_ms"] = "\(duration.milliseconds)"
         if let status { metadata["status"] = "\(status)" }
-        let record: AttemptRecord
+        var record: AttemptRecord
         switch decision {
         case .delivered:
             logger.debug("delivered", metadata: metadata)
@@ -466,6 +485,11 @@ public final class Relay: Service {
             metrics.delivery(subscriber: subscriber.name, outcome: "dead")
             record = .init(delivery, verdict: .dead, status: status, error: errorText ?? reason, excerpt: excerpt, startedAt: startedAt, duration: duration)
         }
+        if let response {
+            record.answer = ReceiverAnswer.parse(response.body)
+        }
+        record.subject = delivery.change.subject
+        record.newestWins = subscriber.newestWins
         return record
     }
 

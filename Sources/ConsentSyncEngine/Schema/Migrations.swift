@@ -22,6 +22,7 @@ public enum Migrations {
         Migration(version: 3, name: "replays beside originals, per-subscriber retry, rate limit and TLS, failure tracking", sql: v3),
         Migration(version: 4, name: "signing secrets with expiry for rotation, encrypted at rest", sql: v4),
         Migration(version: 5, name: "length limits on the default consent table", sql: v5),
+        Migration(version: 6, name: "watched tables, minimisation, pseudonymous ids, newest-wins, snapshots, receipts, erasure", sql: v6),
     ]
 
     static let v1 = #"""

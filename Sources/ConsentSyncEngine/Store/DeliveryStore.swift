@@ -40,6 +40,12 @@ struct AttemptRecord: Sendable {
     var status: Int?
     var error: String?
     var responseExcerpt: String?
+    /// The receiver's own verdict, when its body said `{"applied": …}`.
+    var answer: ReceiverAnswer?
+    /// The change's subject, and whether its subscriber wants only the newest change: a
+    /// delivery that waits again is superseded by a newer one that arrived meanwhile.
+    var subject = ""
+    var newestWins = false
     var startedAt: Date
     var duration: Duration
 }
@@ -60,7 +66,7 @@ enum DeliveryStore {
             let rows = try await connection.query(
                 """
                 WITH batch AS (
-                    SELECT id, subject, purpose, event_type FROM consent_sync.changes
+                    SELECT id, subject, purpose, event_type, target_subscriber_id FROM consent_sync.changes
                     WHERE NOT fanned_out ORDER BY id LIMIT $1::integer
                 ), marked AS (
                     UPDATE consent_sync.changes c SET fanned_out = true FROM batch WHERE c.id = batch.id
@@ -68,8 +74,11 @@ enum DeliveryStore {
                     SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
                            row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
                     FROM batch b JOIN consent_sync.subscribers s
-                      ON (s.purposes IS NULL OR b.purpose = ANY (s.purposes))
-                     AND (s.event_types IS NULL OR b.event_type = ANY (s.event_types))
+                      ON CASE WHEN b.target_subscriber_id IS NOT NULL  -- a snapshot: for the one that asked
+                              THEN s.id = b.target_subscriber_id AND (s.purposes IS NULL OR b.purpose = ANY (s.purposes))
+                              WHEN b.event_type = 'subject.erased' THEN true  -- every recipient must erase
+                              ELSE (s.purposes IS NULL OR b.purpose = ANY (s.purposes))
+                               AND (s.event_types IS NULL OR b.event_type = ANY (s.event_types)) END
                 ), inserted AS (
                     INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, next_attempt_at)
                     SELECT p.change_id, p.subscriber_id, p.subject,
@@ -82,11 +91,16 @@ enum DeliveryStore {
                     ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
                     RETURNING 1
                 )
-                SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries
+                SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries,
+                       (SELECT min(id) FROM batch) AS first, (SELECT max(id) FROM batch) AS last,
+                       EXISTS (SELECT 1 FROM consent_sync.subscribers WHERE newest_wins) AS newest_wins
                 """,
                 [String(limit)]
             )
             let row = try rows.first.orThrow("fan-out returned no row")
+            if try row.bool("newest_wins"), let first = try row.optionalInt("first"), let last = try row.optionalInt("last") {
+                try await supersede(changes: Int64(first)...Int64(last), on: connection)
+            }
             return (try row.int("changes"), try row.int("deliveries"))
         }
     }
@@ -127,7 +141,7 @@ enum DeliveryStore {
                    extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
                    c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
-                   c.attributes::text AS attributes
+                   c.attributes::text AS attributes, c.problem
             FROM claimed cl JOIN consent_sync.changes c ON c.id = cl.change_id
             ORDER BY c.id
             """,
@@ -159,7 +173,8 @@ enum DeliveryStore {
                     previousStatus: row.optionalString("previous_status"),
                     source: row.optionalString("source"),
                     changedAt: Date(timeIntervalSince1970: try row.double("changed_at")),
-                    attributesJSON: row.optionalString("attributes")
+                    attributesJSON: row.optionalString("attributes"),
+                    problem: row.optionalString("problem")
                 )
             )
         }
@@ -177,8 +192,9 @@ enum DeliveryStore {
                 """
                 WITH input AS (
                     SELECT * FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::double precision[],
-                                         $6::integer[], $7::text[], $8::text[], $9::double precision[], $10::double precision[])
-                        AS i(id, attempt, verdict, retry_in, status, error, excerpt, started_at, duration_ms)
+                                         $6::integer[], $7::text[], $8::text[], $9::double precision[], $10::double precision[],
+                                         $11::boolean[], $12::text[])
+                        AS i(id, attempt, verdict, retry_in, status, error, excerpt, started_at, duration_ms, applied, applied_reason)
                 ), updated AS (
                     UPDATE consent_sync.deliveries d SET
                         state = CASE i.verdict WHEN 'retry' THEN 'pending' ELSE i.verdict END,
@@ -186,14 +202,16 @@ enum DeliveryStore {
                                                THEN now() + make_interval(secs => i.retry_in) ELSE d.next_attempt_at END,
                         lease_owner = NULL, lease_expires_at = NULL,
                         last_status = i.status, last_error = i.error,
+                        applied = i.applied, applied_reason = i.applied_reason,
                         completed_at = CASE WHEN i.verdict IN ('delivered', 'dead') THEN now() END
                     FROM input i
                     WHERE d.id = i.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
                     RETURNING d.id, d.subscriber_id, d.subject, d.state
                 ), logged AS (
                     INSERT INTO consent_sync.attempts
-                        (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, instance_id)
-                    SELECT i.id, i.attempt, to_timestamp(i.started_at), i.duration_ms, i.status, i.error, i.excerpt, $1::uuid
+                        (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, instance_id, applied, applied_reason)
+                    SELECT i.id, i.attempt, to_timestamp(i.started_at), i.duration_ms, i.status, i.error, i.excerpt, $1::uuid,
+                           i.applied, i.applied_reason
                     FROM input i
                 ), unparked AS (
                     UPDATE consent_sync.deliveries p SET next_attempt_at = now()
@@ -217,6 +235,8 @@ enum DeliveryStore {
                     postgresArrayOfOptionals(records.map { $0.responseExcerpt }),
                     postgresArray(records.map { String($0.startedAt.timeIntervalSince1970) }),
                     postgresArray(records.map { String($0.duration.seconds * 1000) }),
+                    postgresArrayOfOptionals(records.map { $0.answer.map { $0.applied ? "true" : "false" } }),
+                    postgresArrayOfOptionals(records.map { $0.answer?.reason }),
                 ]
             )
             return Set(try rows.map { try $0.int64("id") })

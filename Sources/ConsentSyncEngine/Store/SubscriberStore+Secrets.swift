@@ -136,6 +136,29 @@ extension SubscriberStore {
                 )
                 result.reencrypted += 1
             }
+            // Pseudonym keys are sealed the same way; they never change (the ids receivers
+            // know must stay stable), only their encryption does.
+            let pseudonymKeys = try await connection.query(
+                "SELECT id, name, pseudonym_key FROM consent_sync.subscribers WHERE pseudonym_key IS NOT NULL ORDER BY id FOR UPDATE"
+            )
+            for row in pseudonymKeys {
+                let subscriberID = try row.int64("id")
+                let stored = try row.string("pseudonym_key")
+                let key: SigningSecret
+                do {
+                    key = try keyring.open(stored, subscriberID: subscriberID)
+                } catch let error as SecretKeyringError {
+                    throw error.about(subscriber: try row.string("name"))
+                }
+                guard !keyring.isSealedWithCurrentKey(stored) else { continue }
+                let previous = SecretKeyring.keyID(of: stored) ?? "plaintext"
+                if !result.previousKeys.contains(previous) { result.previousKeys.append(previous) }
+                try await connection.query(
+                    "UPDATE consent_sync.subscribers SET pseudonym_key = $2 WHERE id = $1::bigint",
+                    [String(subscriberID), try keyring.seal(key, subscriberID: subscriberID)]
+                )
+                result.reencrypted += 1
+            }
             if result.reencrypted > 0 {
                 try await connection.query("SELECT pg_notify('consent_sync', 'subscribers')")
             }
@@ -195,7 +218,7 @@ extension SubscriberStore {
         for entry in loaded {
             var subscriber = entry.subscriber
             do {
-                subscriber.secrets = try entry.openSecrets(with: keyring)
+                subscriber = try entry.open(with: keyring)
             } catch {
                 let kept = previous[subscriber.id]
                 let problem = "\(logger[metadataKey: "instance"] ?? "")/\(subscriber.id)/\(error.code)/\(error.keyID ?? "")"
@@ -207,8 +230,9 @@ extension SubscriberStore {
                         metadata: ["subscriber": "\(subscriber.name)", "error": "\(error)"]
                     )
                 }
-                guard let kept else { continue }
+                guard let kept, entry.storedPseudonymKey == nil || kept.pseudonymKey != nil else { continue }
                 subscriber.secrets = kept.secrets
+                subscriber.pseudonymKey = kept.pseudonymKey
             }
             subscribers[subscriber.id] = subscriber
         }

@@ -44,6 +44,10 @@ extension SubscriberStore {
         public var activeSecrets: Int
         /// When the next of them expires; `nil` when none is due to.
         public var nextSecretExpiry: Date?
+        /// Only these attributes; `nil` for all captured.
+        public var fields: [String]? = nil
+        public var pseudonymous = false
+        public var newestWins = false
     }
 
     /// Applies `action` (pause, resume, enable, disable) to the subscriber named `name`, records
@@ -127,7 +131,8 @@ extension SubscriberStore {
             SELECT s.name, s.url, array_to_json(s.purposes)::text AS purposes, array_to_json(s.event_types)::text AS event_types,
                    s.state, s.state_reason, extract(epoch FROM s.state_changed_at)::double precision AS state_changed_at,
                    last.actor, s.max_in_flight, s.timeout_ms,
-                   secrets.active AS active_secrets, extract(epoch FROM secrets.next_expiry)::double precision AS next_secret_expiry
+                   secrets.active AS active_secrets, extract(epoch FROM secrets.next_expiry)::double precision AS next_secret_expiry,
+                   array_to_json(s.fields)::text AS fields, s.pseudonym_key IS NOT NULL AS pseudonymous, s.newest_wins
             FROM consent_sync.subscribers s
             CROSS JOIN LATERAL (
                 SELECT count(*) AS active, min(ss.expires_at) AS next_expiry FROM consent_sync.subscriber_secrets ss
@@ -152,7 +157,10 @@ extension SubscriberStore {
                 stateChangedBy: row.optionalString("actor"),
                 limits: .init(maxInFlight: try row.int("max_in_flight"), timeout: .milliseconds(try row.int("timeout_ms"))),
                 activeSecrets: try row.int("active_secrets"),
-                nextSecretExpiry: row.optionalString("next_secret_expiry").flatMap(Double.init).map(Date.init(timeIntervalSince1970:))
+                nextSecretExpiry: row.optionalString("next_secret_expiry").flatMap(Double.init).map(Date.init(timeIntervalSince1970:)),
+                fields: try decodeArray(row.optionalString("fields")),
+                pseudonymous: try row.bool("pseudonymous"),
+                newestWins: try row.bool("newest_wins")
             )
         }
     }

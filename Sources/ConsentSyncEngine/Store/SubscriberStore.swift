@@ -13,6 +13,12 @@ public enum SubscriberStore {
         public var eventTypes: [String]?
         public var tls = Subscriber.TLSFiles()
         public var limits: Subscriber.Limits
+        /// Only these captured attributes are sent; `nil` for all.
+        public var fields: [String]?
+        /// Send a pseudonymous subject id (a new key is generated and stored sealed).
+        public var pseudonymous = false
+        /// Send only the newest waiting change per subject and purpose.
+        public var newestWins = false
 
         public init(name: String, url: String, secret: SigningSecret, purposes: [String]? = nil, eventTypes: [String]? = nil, limits: Subscriber.Limits = .init()) {
             self.name = name
@@ -29,6 +35,11 @@ public enum SubscriberStore {
             try SubscriberValidation.validateURL(url)
             if let purposes { try SubscriberValidation.validatePurposes(purposes) }
             if let eventTypes { try SubscriberValidation.validateEventTypes(eventTypes) }
+            if let fields {
+                guard !fields.isEmpty, fields.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 63 }) else {
+                    throw SubscriberValidationError(field: "fields", reason: "give one or more attribute names (the columns a watch captures), each up to 63 bytes")
+                }
+            }
             guard (1...10_000).contains(limits.maxInFlight) else {
                 throw SubscriberValidationError(field: "max-in-flight", reason: "must be between 1 and 10000")
             }
@@ -74,9 +85,10 @@ public enum SubscriberStore {
                     """
                     INSERT INTO consent_sync.subscribers
                         (name, url, purposes, event_types, max_in_flight, timeout_ms,
-                         rate_limit, max_attempts, max_age_seconds, ca_bundle_path, client_cert_path, client_key_path)
+                         rate_limit, max_attempts, max_age_seconds, ca_bundle_path, client_cert_path, client_key_path,
+                         fields, newest_wins)
                     VALUES ($1, $2, $3::text[], $4::text[], $5::integer, $6::integer,
-                            $7::double precision, $8::integer, $9::integer, $10, $11, $12)
+                            $7::double precision, $8::integer, $9::integer, $10, $11, $12, $13::text[], $14::boolean)
                     RETURNING id
                     """,
                     [
@@ -86,6 +98,7 @@ public enum SubscriberStore {
                         new.limits.ratePerSecond.map { String($0) }, new.limits.maxAttempts.map(String.init),
                         new.limits.maxAge.map { String(Int($0.seconds)) },
                         new.tls.caBundlePath, new.tls.clientCertificatePath, new.tls.clientKeyPath,
+                        new.fields.map(postgresArray), new.newestWins ? "true" : "false",
                     ]
                 )
                 let id = try rows.first.orThrow("INSERT returned no id").int64("id")
@@ -93,6 +106,13 @@ public enum SubscriberStore {
                     "INSERT INTO consent_sync.subscriber_secrets (subscriber_id, secret) VALUES ($1::bigint, $2)",
                     [String(id), try keyring.seal(new.secret, subscriberID: id)]
                 )
+                if new.pseudonymous {
+                    let key = PseudonymKey.generate()
+                    try await connection.query(
+                        "UPDATE consent_sync.subscribers SET pseudonym_key = $2 WHERE id = $1::bigint",
+                        [String(id), try keyring.seal(SigningSecret(key: key.bytes), subscriberID: id)]
+                    )
+                }
                 return id
             }
         } catch let error as PostgresError where error.sqlState == "23505" {
@@ -107,17 +127,30 @@ public enum SubscriberStore {
     ///   read with `keyring` (a key that is not configured, an altered ciphertext), or that
     ///   has no active secret. `consent-sync run` checks this at start-up.
     public static func all(on connection: PostgresConnection, keyring: SecretKeyring = .plaintextOnly) async throws -> [Subscriber] {
-        try await load(on: connection).subscribers.map { loaded in
-            var subscriber = loaded.subscriber
-            subscriber.secrets = try loaded.openSecrets(with: keyring)
-            return subscriber
-        }
+        try await load(on: connection).subscribers.map { loaded in try loaded.open(with: keyring) }
     }
 
     /// A subscriber row with its active secrets as stored.
     struct Loaded {
         var subscriber: Subscriber
         var storedSecrets: [String]
+        var storedPseudonymKey: String?
+
+        /// The subscriber with its active secrets and pseudonym key, decrypted; throws about
+        /// this subscriber when one cannot be read (never send to it then: a pseudonymous
+        /// subscriber would otherwise get raw ids).
+        func open(with keyring: SecretKeyring) throws(SecretKeyringError) -> Subscriber {
+            var subscriber = subscriber
+            subscriber.secrets = try openSecrets(with: keyring)
+            if let storedPseudonymKey {
+                do {
+                    subscriber.pseudonymKey = PseudonymKey(bytes: try keyring.open(storedPseudonymKey, subscriberID: subscriber.id).key)
+                } catch {
+                    throw error.about(subscriber: subscriber.name)
+                }
+            }
+            return subscriber
+        }
 
         /// The active secrets, decrypted; throws about this subscriber when one cannot be read.
         func openSecrets(with keyring: SecretKeyring) throws(SecretKeyringError) -> [SigningSecret] {
@@ -148,7 +181,8 @@ public enum SubscriberStore {
                            WHERE ss.subscriber_id = s.id AND ss.expires_at <= now()) AS has_expired,
                    array_to_json(s.purposes)::text AS purposes, array_to_json(s.event_types)::text AS event_types,
                    s.state, s.state_reason, s.max_in_flight, s.timeout_ms, s.rate_limit, s.max_attempts, s.max_age_seconds,
-                   s.ca_bundle_path, s.client_cert_path, s.client_key_path
+                   s.ca_bundle_path, s.client_cert_path, s.client_key_path,
+                   array_to_json(s.fields)::text AS fields, s.pseudonym_key, s.newest_wins
             FROM consent_sync.subscribers s ORDER BY s.name
             """
         )
@@ -178,7 +212,13 @@ public enum SubscriberStore {
                 clientCertificatePath: row.optionalString("client_cert_path"),
                 clientKeyPath: row.optionalString("client_key_path")
             )
-            subscribers.append(Loaded(subscriber: subscriber, storedSecrets: try decodeArray(row.optionalString("secrets")) ?? []))
+            subscriber.fields = try decodeArray(row.optionalString("fields"))
+            subscriber.newestWins = try row.bool("newest_wins")
+            subscribers.append(Loaded(
+                subscriber: subscriber,
+                storedSecrets: try decodeArray(row.optionalString("secrets")) ?? [],
+                storedPseudonymKey: row.optionalString("pseudonym_key")
+            ))
         }
         return (subscribers, anyExpired)
     }

@@ -1,0 +1,183 @@
+import ConsentSyncCore
+import ConsentSyncEngine
+import ConsentSyncPostgres
+import ConsentSyncTestKit
+import Foundation
+import Testing
+
+/// `watch add`: the application's own consent table, with its own column names and status
+/// words, captured with only the columns allowed.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct WatchTests {
+    /// An application table unlike the default one: composite key of an integer and a uuid,
+    /// yes/no/revoked statuses, personal columns that must not leave the database.
+    static let applicationTable = """
+        CREATE SCHEMA app;
+        CREATE TABLE app.marketing_prefs (
+            tenant       integer NOT NULL,
+            customer_ref uuid    NOT NULL,
+            channel      text    NOT NULL,
+            opted        text,
+            email        text,
+            phone        text,
+            internal     text,
+            touched_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant, customer_ref, channel)
+        );
+        """
+
+    static let customer = "0b7e1d8a-3c55-4f0e-9a51-6f1c2f0d9e11"
+
+    static func definition(purposeColumn: String = "channel") -> WatchDefinition {
+        WatchDefinition(
+            schema: "app", table: "marketing_prefs",
+            subjectColumns: ["tenant", "customer_ref"], purposeColumn: purposeColumn, statusColumn: "opted",
+            columns: ["email"], statusMap: ["yes": "granted", "no": "denied", "revoked": "withdrawn"]
+        )
+    }
+
+    static func triggerCount(_ connection: PostgresConnection) async throws -> Int {
+        let rows = try await connection.query("SELECT count(*) AS n FROM pg_trigger WHERE tgrelid = 'app.marketing_prefs'::regclass AND NOT tgisinternal")
+        return try rows.first?.int("n") ?? -1
+    }
+
+    @Test func anExistingTableIsCapturedWithMappedStatusesAndOnlyAllowedColumns() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { try await $0.execute(Self.applicationTable) }
+
+            // A typo is refused, says which column and which exist, and installs nothing.
+            let typo = await errorThrown {
+                try await database.withConnection { try await WatchStore.add(Self.definition(purposeColumn: "chanel"), on: $0) }
+            }
+            let message = "\(typo.map { "\($0)" } ?? "no error")"
+            #expect(typo is WatchError)
+            #expect(message.contains("chanel") && message.contains("does not exist"), "\(message)")
+            #expect(message.contains("channel"), "the hint lists the table's columns: \(message)")
+            #expect(try await database.withConnection(Self.triggerCount) == 0)
+            let before = try await database.withConnection(WatchStore.list(on:))
+            #expect(before.count == 1, "only the default table is watched")
+
+            let watch = try await database.withConnection { try await WatchStore.add(Self.definition(), on: $0) }
+            #expect(try await database.withConnection(Self.triggerCount) == 1)
+            let listed = try await database.withConnection(WatchStore.list(on:))
+            #expect(listed.map(\.definition.qualifiedName).sorted() == ["app.marketing_prefs", "consent_sync.consents"])
+            #expect(listed.first { $0.id == watch.id }?.definition == Self.definition())
+
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await database.withConnection { connection in
+                    try await connection.execute("""
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted, email, phone, internal)
+                        VALUES (7, '\(Self.customer)', 'newsletter', 'yes', 'ada@example.com', '+44 20 7946 0000', 'VIP');
+                        UPDATE app.marketing_prefs SET touched_at = now() + interval '1 minute';  -- not captured: nothing sent
+                        UPDATE app.marketing_prefs SET phone = '+44 20 7946 0001';               -- not captured either
+                        UPDATE app.marketing_prefs SET opted = 'no';
+                        UPDATE app.marketing_prefs SET opted = 'revoked';
+                        DELETE FROM app.marketing_prefs;
+                        """)
+                }
+                let requests = try await receiver.waitForRequests(count: 4)
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(receiver.requests.count == 4, "changes of columns that are not captured were sent")
+                let events = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any]) }
+                #expect(events.map { $0["type"] as? String } == ["consent.granted", "consent.denied", "consent.withdrawn", "consent.deleted"])
+                let data = events.compactMap { $0["data"] as? [String: Any] }
+                #expect(data.map { $0["status"] as? String } == ["granted", "denied", "withdrawn", nil])
+                #expect(data.map { $0["previous_status"] as? String } == [nil, "granted", "denied", "withdrawn"])
+                #expect(events.allSatisfy { $0["subject"] as? String == "7:\(Self.customer)" })
+                #expect(data.allSatisfy { $0["purpose"] as? String == "newsletter" && $0["table"] as? String == "app.marketing_prefs" })
+                #expect(data.allSatisfy { ($0["attributes"] as? [String: String]) == ["email": "ada@example.com"] })
+                for request in requests {
+                    #expect(!request.bodyString.contains("+44") && !request.bodyString.contains("VIP"), "a column not allowed was sent: \(request.bodyString)")
+                }
+            }
+
+            // Removed: the trigger is gone and later changes are not captured.
+            let removed = try await database.withConnection { try await WatchStore.remove(schema: "app", table: "marketing_prefs", on: $0) }
+            #expect(removed)
+            #expect(try await database.withConnection(Self.triggerCount) == 0)
+            let captured = try await database.withConnection { connection in
+                try await connection.execute("INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (8, gen_random_uuid(), 'sms', 'yes')")
+                return try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE table_name = 'app.marketing_prefs'").first?.int("n")
+            }
+            #expect(captured == 4, "the insert after 'watch remove' was captured")
+            let removedTwice = try await database.withConnection { try await WatchStore.remove(schema: "app", table: "marketing_prefs", on: $0) }
+            #expect(removedTwice == false)
+        }
+    }
+
+    @Test func rowsThatCannotMakeAnEventAreRecordedDeadWithTheReasonAndOthersFlow() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute(Self.applicationTable.replacingOccurrences(of: "PRIMARY KEY (tenant, customer_ref, channel)", with: "id serial PRIMARY KEY")
+                    .replacingOccurrences(of: "integer NOT NULL", with: "integer").replacingOccurrences(of: "uuid    NOT NULL", with: "uuid").replacingOccurrences(of: "text    NOT NULL", with: "text"))
+                try await WatchStore.add(Self.definition(), on: connection)
+            }
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await database.withConnection { connection in
+                    try await connection.execute("""
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (1, '\(Self.customer)', 'email', 'maybe');
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (NULL, '\(Self.customer)', 'email', 'yes');
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (2, '\(Self.customer)', '', 'yes');
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (3, '\(Self.customer)', 'email', 'yes');
+                        """)
+                }
+                let requests = try await receiver.waitForRequests(count: 1)
+                #expect(requests.first?.bodyString.contains("\"3:\(Self.customer)\"") == true)
+                try await waitUntil("the three bad rows are dead") {
+                    try await deliveryCounts(database, subscriber: "crm") == ["dead": 3, "delivered": 1]
+                }
+                let reasons = try await database.withConnection { connection in
+                    try await connection.query("SELECT last_error FROM consent_sync.deliveries WHERE state = 'dead' ORDER BY change_id").map { try $0.string("last_error") }
+                }
+                #expect(reasons.count == 3)
+                #expect(reasons.first?.contains("status 'maybe' in column opted is not one of no, revoked, yes") == true, "\(reasons)")
+                #expect(reasons.dropFirst().first?.contains("subject id (column tenant, customer_ref) is NULL or empty") == true, "\(reasons)")
+                #expect(reasons.last?.contains("purpose (column channel) is NULL or empty") == true, "\(reasons)")
+                #expect(receiver.requests.count == 1, "a change that cannot make an event was sent")
+            }
+        }
+    }
+
+    @Test func hostileNamesAreQuotedOrRefusedClearly() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute(#"CREATE TABLE public."Odd ""Prefs""; --" ("Subject Id" text, "pur;pose" text, "st" text)"#)
+            }
+            let odd = WatchDefinition(schema: "public", table: #"Odd "Prefs"; --"#, subjectColumns: ["Subject Id"], purposeColumn: "pur;pose", statusColumn: "st")
+            try await database.withConnection { try await WatchStore.add(odd, on: $0) }
+            let captured = try await database.withConnection { connection in
+                try await connection.execute(#"INSERT INTO public."Odd ""Prefs""; --" VALUES ('s1', 'email', 'granted')"#)
+                return try await connection.query("SELECT subject, purpose, event_type FROM consent_sync.changes").map { try $0.string("subject") + "/" + $0.string("purpose") + "/" + $0.string("event_type") }
+            }
+            #expect(captured == ["s1/email/consent.granted"])
+
+            for (table, expected) in [
+                ("x; DROP TABLE consent_sync.changes", "does not exist"),
+                ("consent_sync.changes\" --", "does not exist"),
+            ] {
+                let definition = WatchDefinition(schema: "public", table: table, subjectColumns: ["a"], purposeColumn: "b", statusColumn: "c")
+                let error = await errorThrown { try await database.withConnection { try await WatchStore.add(definition, on: $0) } }
+                #expect("\(error.map { "\($0)" } ?? "")".contains(expected), "\(String(describing: error))")
+            }
+            let wrongType = WatchDefinition(schema: "consent_sync", table: "changes", subjectColumns: ["attributes"], purposeColumn: "purpose", statusColumn: "status")
+            let error = await errorThrown { try await database.withConnection { try await WatchStore.add(wrongType, on: $0) } }
+            #expect("\(error.map { "\($0)" } ?? "")".contains("has type jsonb, which cannot hold a subject id"), "\(String(describing: error))")
+            let outbox = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.changes").first?.int("n") }
+            #expect(outbox == 1, "the outbox is intact")
+
+            #expect(throws: WatchError.self) { try WatchDefinition.parseStatusMap("yes=granted,no=nope") }
+            #expect(throws: WatchError.self) { try WatchDefinition.parseStatusMap("yes") }
+            #expect(throws: WatchError.self) { try WatchDefinition.parseTableName("a.b.c") }
+            let quoted = try WatchDefinition.parseTableName(#""my.schema"."T""#)
+            #expect(quoted.schema == "my.schema" && quoted.table == "T")
+            let plain = try WatchDefinition.parseTableName("prefs")
+            #expect(plain.schema == "public" && plain.table == "prefs")
+        }
+    }
+}
