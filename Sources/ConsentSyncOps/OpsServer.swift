@@ -1,4 +1,5 @@
 import ConsentSyncEngine
+import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -30,6 +31,30 @@ public struct OpsServer: Service {
         }
     }
 
+    /// The receipts API: `GET /v1/subjects/{id}/receipts` with `Authorization: Bearer <token>`.
+    public struct ReceiptsAPI: Sendable {
+        public var token: String
+        /// The subject's receipts as JSON.
+        public var lookup: @Sendable (String) async throws -> [UInt8]
+
+        public init(token: String, lookup: @escaping @Sendable (String) async throws -> [UInt8]) {
+            self.token = token
+            self.lookup = lookup
+        }
+
+        /// Compares in time independent of where the first difference is.
+        func authorizes(_ header: String?) -> Bool {
+            guard let header, header.hasPrefix("Bearer ") else { return false }
+            let given = Array(header.dropFirst("Bearer ".count).utf8)
+            let expected = Array(token.utf8)
+            var difference = UInt8(given.count == expected.count ? 0 : 1)
+            for index in 0..<expected.count {
+                difference |= expected[index] ^ (index < given.count ? given[index] : 0)
+            }
+            return difference == 0
+        }
+    }
+
     /// The `Content-Type` of `/metrics`.
     public static let metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -46,10 +71,11 @@ public struct OpsServer: Service {
         configuration: Configuration = Configuration(),
         health: RelayHealth,
         registry: PrometheusCollectorRegistry,
+        receipts: ReceiptsAPI? = nil,
         logger: Logger,
         onServerRunning: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
     ) {
-        self.init(configuration: configuration, snapshot: { health.snapshot }, registry: registry, logger: logger, onServerRunning: onServerRunning)
+        self.init(configuration: configuration, snapshot: { health.snapshot }, registry: registry, receipts: receipts, logger: logger, onServerRunning: onServerRunning)
     }
 
     /// An ops server that reads health through `snapshot` (for tests, or a health source other than a relay).
@@ -57,6 +83,7 @@ public struct OpsServer: Service {
         configuration: Configuration = Configuration(),
         snapshot: @escaping @Sendable () -> RelayHealth.Snapshot,
         registry: PrometheusCollectorRegistry,
+        receipts: ReceiptsAPI? = nil,
         logger: Logger,
         onServerRunning: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
     ) {
@@ -74,6 +101,27 @@ public struct OpsServer: Service {
         }
         router.get("/readyz") { _, _ -> Response in
             Self.response(ProbeResponse.readiness(snapshot()))
+        }
+
+        if let receipts {
+            router.get("/v1/subjects/:id/receipts") { request, context -> Response in
+                guard receipts.authorizes(request.headers[.authorization]) else {
+                    var response = Self.error(.unauthorized, "a valid 'Authorization: Bearer <token>' header is required")
+                    response.headers[.wwwAuthenticate] = "Bearer realm=\"consent-sync receipts\""
+                    return response
+                }
+                guard let raw = context.parameters.get("id"), let subject = raw.removingPercentEncoding,
+                      !subject.isEmpty, subject.utf8.count <= 2048 else {
+                    return Self.error(.badRequest, "the subject id must be 1 to 2048 bytes, percent-encoded in the path")
+                }
+                do {
+                    let body = try await receipts.lookup(subject)
+                    return Self.response(status: .ok, contentType: "application/json", body: ByteBuffer(bytes: body))
+                } catch {
+                    logger.warning("receipts lookup failed", metadata: ["error": "\(error)"])
+                    return Self.error(.serviceUnavailable, "the database is not reachable; try again")
+                }
+            }
         }
 
         self.application = Application(
@@ -101,6 +149,11 @@ public struct OpsServer: Service {
             contentType: "application/json",
             body: ByteBuffer(string: body)
         )
+    }
+
+    private static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        // Our own fixed messages: nothing in them needs JSON escaping.
+        response(status: status, contentType: "application/json", body: ByteBuffer(string: "{\"error\":\"\(message)\"}\n"))
     }
 
     private static func response(status: HTTPResponse.Status, contentType: String, body: ByteBuffer) -> Response {

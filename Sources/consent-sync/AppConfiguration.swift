@@ -131,6 +131,8 @@ struct OpsSettings: Sendable {
     var port: Int
     /// `ops.health_window_ms`: how recently the relay must have made progress to count as healthy.
     var healthWindow: Duration
+    /// `ops.receipts_token_file`: the bearer token of the receipts API; `nil`: the API is off.
+    var receiptsToken: String? = nil
 }
 
 /// The master keys that encrypt subscribers' signing secrets in the database (`secrets.*`).
@@ -208,6 +210,26 @@ extension ConfigLoader {
         let disableAfter = self.integer("relay.disable_after_failing_seconds", default: 432_000, in: 0...31_536_000)
         relay.disableAfterFailing = disableAfter == 0 ? nil : .seconds(disableAfter)
 
+        // Propagation deadlines per event type; 0: none.
+        var deadlines: [String: Duration] = [:]
+        for (key, type) in [
+            ("withdrawn", "consent.withdrawn"), ("denied", "consent.denied"), ("granted", "consent.granted"),
+            ("deleted", "consent.deleted"), ("snapshot", "consent.snapshot"), ("erased", "subject.erased"),
+        ] {
+            let fallback = Int(Relay.Configuration.defaultDeadlines[type]?.seconds ?? 0)
+            let seconds = self.integer("deadlines.\(key)_seconds", default: fallback, in: 0...315_360_000)
+            if seconds > 0 { deadlines[type] = .seconds(seconds) }
+        }
+        relay.deadlines = deadlines
+        let payloadDays = self.integer("retention.payload_days", default: 90, in: 0...36_500)
+        relay.payloadRetention = payloadDays == 0 ? nil : .seconds(payloadDays * 86_400)
+        let receiptDays = self.integer("retention.receipt_days", default: 730, in: 0...36_500)
+        relay.receiptRetention = receiptDays == 0 ? nil : .seconds(receiptDays * 86_400)
+        if payloadDays > 0 && receiptDays > 0 && receiptDays < payloadDays {
+            self.fail("retention.receipt_days", self.origin(of: "retention.receipt_days"), "\(receiptDays) is less than retention.payload_days (\(payloadDays)); receipts outlive payloads")
+        }
+        relay.housekeepingInterval = self.seconds("retention.interval_seconds", default: relay.housekeepingInterval, in: 1...86_400)
+
         var retry = RetryPolicy()
         retry.backoff.initial = self.milliseconds("retry.initial_delay_ms", default: retry.backoff.initial, in: 1...86_400_000)
         retry.backoff.maximum = self.milliseconds("retry.max_delay_ms", default: retry.backoff.maximum, in: 1...604_800_000)
@@ -255,6 +277,15 @@ extension ConfigLoader {
             self.record("ops.listen", ConfigLoader.quote(listen.description), .defaultValue)
         }
         let healthWindow = self.milliseconds("ops.health_window_ms", default: .seconds(30), in: 1000...3_600_000)
+        let (tokenFile, tokenFileOrigin) = self.text("ops.receipts_token_file", default: "", record: false)
+        var receiptsToken: String?
+        if !tokenFile.isEmpty {
+            receiptsToken = self.readToken(tokenFile, origin: tokenFileOrigin)
+            if let receiptsToken { secrets.append(receiptsToken) }
+            self.record("ops.receipts_token_file", ConfigLoader.quote(tokenFile), tokenFileOrigin)
+        } else {
+            self.record("ops.receipts_token_file", "(none: the receipts API is off)", tokenFileOrigin)
+        }
 
         // Webhook targets: https only and public addresses only, unless allowed here.
         let (schemesText, schemesOrigin) = self.text("http.allowed_schemes", default: "https")
@@ -287,7 +318,7 @@ extension ConfigLoader {
             database: database,
             relay: relay,
             log: LogSettings(level: level, format: format, subjectHashKeyFile: subjectHashKeyFile, subjectRedactor: redactor ?? .random()),
-            ops: OpsSettings(enabled: opsEnabled, host: listen.host, port: listen.port, healthWindow: healthWindow),
+            ops: OpsSettings(enabled: opsEnabled, host: listen.host, port: listen.port, healthWindow: healthWindow, receiptsToken: receiptsToken),
             http: HTTPSettings(
                 allowedSchemes: schemes,
                 addressPolicy: AddressPolicy(allowedNetworks: networks),
@@ -400,6 +431,20 @@ extension ConfigLoader {
             return nil
         }
         return password
+    }
+
+    /// The receipts API's bearer token: one line of at least 32 printable ASCII characters.
+    private mutating func readToken(_ path: String, origin: ConfigOrigin) -> String? {
+        guard var bytes = self.readSecret(path, key: "ops.receipts_token_file", origin: origin, limit: 4096) else { return nil }
+        Self.dropTrailingNewlines(&bytes)
+        guard bytes.count >= 32, bytes.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+            self.fail(
+                "ops.receipts_token_file", origin,
+                "'\(path)' must hold one token of at least 32 printable ASCII characters, no spaces (e.g. openssl rand -hex 32 > \(path))"
+            )
+            return nil
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The key's bytes, at least ``SubjectRedactor/minimumKeyLength`` of them.

@@ -76,7 +76,7 @@ struct MigrateCommand: AsyncParsableCommand {
 }
 
 struct StatusCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show, per subscriber, deliveries pending, in flight, delivered and dead.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show, per subscriber, deliveries pending, in flight, delivered and dead, and any past or near their deadline.")
 
     @OptionGroup var options: ConfigOptions
 
@@ -88,7 +88,7 @@ struct StatusCommand: AsyncParsableCommand {
         let (logger, _) = bootstrapLogging(configuration)
         let report = try await withDatabase(configuration, logger: logger) { connection in
             try await Migrator.requireCurrent(connection)
-            return try await StatusReport.load(on: connection)
+            return try await StatusReport.load(deadlines: configuration.relay.deadlines, on: connection)
         }
         print(json ? report.json() : report.table())
     }

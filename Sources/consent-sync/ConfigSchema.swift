@@ -27,17 +27,27 @@ enum ConfigSchema {
         "ops.enabled",
         "ops.listen",
         "ops.health_window_ms",
+        "ops.receipts_token_file",
         "http.allowed_schemes",
         "http.allow_networks",
         "http.proxy",
         "secrets.master_key_file",
         "secrets.previous_master_key_files",
         "secrets.allow_plaintext",
+        "deadlines.withdrawn_seconds",
+        "deadlines.denied_seconds",
+        "deadlines.granted_seconds",
+        "deadlines.deleted_seconds",
+        "deadlines.snapshot_seconds",
+        "deadlines.erased_seconds",
+        "retention.payload_days",
+        "retention.receipt_days",
+        "retention.interval_seconds",
     ]
 
     static let keySet = Set(keys)
 
-    /// `database`, `relay`, `retry`, `log`, `ops`, `http`, `secrets`.
+    /// `database`, `relay`, `retry`, `log`, `ops`, `http`, `secrets`, `deadlines`, `retention`.
     static let sections: [String] = keys.reduce(into: []) { sections, key in
         let section = String(key.prefix { $0 != "." })
         if !sections.contains(section) { sections.append(section) }

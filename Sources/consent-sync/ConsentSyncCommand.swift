@@ -15,6 +15,8 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             DeliveriesCommand.self,
             ReplayCommand.self,
             WatchCommand.self,
+            TraceCommand.self,
+            ForgetCommand.self,
             StatusCommand.self,
             ReceiveCommand.self,
             CheckConfigCommand.self,

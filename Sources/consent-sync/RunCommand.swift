@@ -59,6 +59,10 @@ struct RunCommand: AsyncParsableCommand {
                 configuration: .init(host: configuration.ops.host, port: configuration.ops.port, livenessWindow: configuration.ops.healthWindow),
                 health: relay.health,
                 registry: registry,
+                receipts: configuration.ops.receiptsToken.map { token in
+                    let lookup = ReceiptLookup(database: configuration.database, logger: logger)
+                    return OpsServer.ReceiptsAPI(token: token) { subject in try await lookup.receipts(subject: subject) }
+                },
                 logger: logger
             )
             services.append(.init(service: ops))

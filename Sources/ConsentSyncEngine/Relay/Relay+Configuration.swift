@@ -31,6 +31,22 @@ extension Relay {
         /// How much of a receiver's answer is kept in the attempt log.
         public var responseExcerptBytes: Int = 1024
         public var userAgent: String = ConsentSyncVersion.userAgent
+        /// Propagation deadlines per event type (`consent.withdrawn`: 24 h, …): deliveries
+        /// past or near theirs are counted in metrics, logged and shown by `status`.
+        public var deadlines: [String: Duration] = Relay.Configuration.defaultDeadlines
+        /// Payloads of finished changes older than this are removed; `nil`: kept.
+        public var payloadRetention: Duration? = .seconds(90 * 86_400)
+        /// Whole records (the receipts) older than this are deleted; `nil`: kept.
+        public var receiptRetention: Duration? = .seconds(730 * 86_400)
+        /// How often erasures are completed, retention applied and deadlines checked.
+        public var housekeepingInterval: Duration = .seconds(60)
+
+        /// Opt-outs and erasures within 24 hours (well inside CPRA's 15 business days).
+        public static let defaultDeadlines: [String: Duration] = [
+            "consent.withdrawn": .seconds(86_400),
+            "consent.denied": .seconds(86_400),
+            "subject.erased": .seconds(86_400),
+        ]
 
         public init() {}
     }

@@ -111,6 +111,8 @@ public final class Relay: Service {
     private func janitor() async {
         var connection: PostgresConnection?
         var backlogCountedAt = ContinuousClock.now - .seconds(86_400)
+        var housekeptAt = ContinuousClock.now - .seconds(86_400)
+        var deadlinePairs: Set<[String]> = []
         while !Task.isCancelled {
             do {
                 let live: PostgresConnection
@@ -138,6 +140,10 @@ public final class Relay: Service {
                     }
                     health.update { $0.backlog = lines.reduce(0) { $0 + $1.backlog } }
                 }
+                if ContinuousClock.now - housekeptAt >= configuration.housekeepingInterval {
+                    housekeptAt = .now
+                    deadlinePairs = try await housekeeping(on: live, deadlinePairs: deadlinePairs)
+                }
             } catch {
                 if !Task.isCancelled { logger.warning("janitor failed", metadata: ["error": "\(error)"]) }
                 await connection?.close()
@@ -146,6 +152,37 @@ public final class Relay: Service {
             try? await Task.sleep(for: configuration.janitorInterval)
         }
         await connection?.close()
+    }
+
+    /// Completes erasures every recipient has acknowledged, applies retention, and reports
+    /// deliveries past or near their deadline (metric and a warning per subscriber and type).
+    private func housekeeping(on db: PostgresConnection, deadlinePairs: Set<[String]>) async throws -> Set<[String]> {
+        let configuration = self.configuration
+        for completion in try await ErasureStore.completeDue(on: db) {
+            logger.notice("erasure complete: every recipient acknowledged subject.erased; personal data removed, receipt kept", metadata: [
+                "erasure": "\(completion.erasureID)", "changes": "\(completion.changes)",
+            ])
+            metrics.erasuresCompleted(1)
+        }
+        let pass = try await RetentionStore.run(payloadAge: configuration.payloadRetention, receiptAge: configuration.receiptRetention, on: db)
+        metrics.retention(pruned: pass.pruned, deleted: pass.deleted)
+        if pass.pruned > 0 || pass.deleted > 0 {
+            logger.info("retention", metadata: ["payloads_pruned": "\(pass.pruned)", "receipts_deleted": "\(pass.deleted)"])
+        }
+        let report = try await DeadlineReport.load(deadlines: configuration.deadlines, on: db)
+        for line in report.lines {
+            let metadata: Logger.Metadata = [
+                "subscriber": "\(line.subscriber)", "event_type": "\(line.eventType)", "deadline_seconds": "\(line.deadlineSeconds)",
+                "past_deadline": "\(line.past)", "near_deadline": "\(line.near)",
+                "earliest_deadline": "\(EventEnvelope.timestamp(line.earliestDeadline))",
+            ]
+            if line.past > 0 {
+                logger.warning("deliveries past their propagation deadline", metadata: metadata)
+            } else {
+                logger.warning("deliveries near their propagation deadline", metadata: metadata)
+            }
+        }
+        return metrics.deadlines(report, previously: deadlinePairs)
     }
 
     // MARK: - Pipeline

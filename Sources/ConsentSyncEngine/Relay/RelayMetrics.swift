@@ -37,6 +37,33 @@ struct RelayMetrics: Sendable {
         Gauge(label: "consent_sync_oldest_pending_seconds", dimensions: [("subscriber", subscriber)]).record(oldestSeconds)
         Gauge(label: "consent_sync_dead_deliveries", dimensions: [("subscriber", subscriber)]).record(dead)
     }
+
+    /// Deliveries past and near their propagation deadline; pairs reported before and absent
+    /// now go back to 0. Returns the pairs reported, for the next call.
+    func deadlines(_ report: DeadlineReport, previously: Set<[String]>) -> Set<[String]> {
+        var now: Set<[String]> = []
+        for line in report.lines {
+            let dimensions = [("subscriber", line.subscriber), ("event_type", line.eventType)]
+            Gauge(label: "consent_sync_deliveries_past_deadline", dimensions: dimensions).record(line.past)
+            Gauge(label: "consent_sync_deliveries_near_deadline", dimensions: dimensions).record(line.near)
+            now.insert([line.subscriber, line.eventType])
+        }
+        for gone in previously.subtracting(now) {
+            let dimensions = [("subscriber", gone[0]), ("event_type", gone[1])]
+            Gauge(label: "consent_sync_deliveries_past_deadline", dimensions: dimensions).record(0)
+            Gauge(label: "consent_sync_deliveries_near_deadline", dimensions: dimensions).record(0)
+        }
+        return now
+    }
+
+    func erasuresCompleted(_ count: Int) {
+        if count > 0 { Counter(label: "consent_sync_erasures_completed_total").increment(by: count) }
+    }
+
+    func retention(pruned: Int, deleted: Int) {
+        if pruned > 0 { Counter(label: "consent_sync_payloads_pruned_total").increment(by: pruned) }
+        if deleted > 0 { Counter(label: "consent_sync_receipts_deleted_total").increment(by: deleted) }
+    }
 }
 
 extension Duration {

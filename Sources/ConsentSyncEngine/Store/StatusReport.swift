@@ -1,3 +1,4 @@
+import ConsentSyncCore
 import ConsentSyncPostgres
 import Foundation
 
@@ -19,8 +20,12 @@ public struct StatusReport: Sendable, Codable {
     /// Captured changes not yet turned into deliveries (normally near zero while a daemon runs).
     public var changesNotFannedOut: Int
     public var subscribers: [Line]
+    /// Deliveries past or near their propagation deadline (`deadlines.*`).
+    public var deadlines: [DeadlineReport.Line] = []
+    /// Erasures (`consent-sync forget`) waiting for recipients to acknowledge.
+    public var erasuresOpen = 0
 
-    public static func load(on connection: PostgresConnection) async throws -> StatusReport {
+    public static func load(deadlines: [String: Duration] = [:], on connection: PostgresConnection) async throws -> StatusReport {
         let rows = try await connection.query(
             """
             SELECT s.name, s.enabled, s.state,
@@ -36,7 +41,8 @@ public struct StatusReport: Sendable, Codable {
             """
         )
         let backlog = try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE NOT fanned_out")
-        return StatusReport(
+        let erasures = try await connection.query("SELECT count(*) AS n FROM consent_sync.erasures WHERE completed_at IS NULL")
+        var report = StatusReport(
             changesNotFannedOut: try backlog.first?.int("n") ?? 0,
             subscribers: try rows.map { row in
                 Line(
@@ -51,6 +57,9 @@ public struct StatusReport: Sendable, Codable {
                 )
             }
         )
+        report.deadlines = try await DeadlineReport.load(deadlines: deadlines, on: connection).lines
+        report.erasuresOpen = try erasures.first?.int("n") ?? 0
+        return report
     }
 
     public func table() -> String {
@@ -62,7 +71,20 @@ public struct StatusReport: Sendable, Codable {
             ]
         }
         let table = TextTable.render(header: ["SUBSCRIBER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "OLDEST PENDING"], rows: rows)
-        return table + "\nchanges waiting for fan-out: \(changesNotFannedOut)"
+        var text = table + "\nchanges waiting for fan-out: \(changesNotFannedOut)"
+        if erasuresOpen > 0 { text += "\nerasures waiting for acknowledgement: \(erasuresOpen)" }
+        if deadlines.isEmpty {
+            text += "\ndeadlines: none past or near"
+        } else {
+            let rows = deadlines.map { line in
+                [
+                    line.subscriber, line.eventType, Self.age(Double(line.deadlineSeconds)), String(line.past), String(line.near),
+                    EventEnvelope.timestamp(line.earliestDeadline),
+                ]
+            }
+            text += "\n\nDEADLINES\n" + TextTable.render(header: ["SUBSCRIBER", "EVENT TYPE", "DEADLINE", "PAST", "NEAR", "EARLIEST DEADLINE"], rows: rows)
+        }
+        return text
     }
 
     public func json() -> String {
