@@ -88,11 +88,12 @@ public enum ErasureStore {
                 let parameters = [try row.string("subject"), try row.string("subject_hash"), try row.string("change_id")]
                 try await connection.query(
                     """
-                    UPDATE consent_sync.attempts a SET response_excerpt = NULL
+                    UPDATE consent_sync.attempts a SET response_excerpt = NULL, applied_reason = NULL
                     FROM consent_sync.deliveries d JOIN consent_sync.changes c ON c.id = d.change_id
-                    WHERE a.delivery_id = d.id AND c.subject = $1 AND c.id <= $3::bigint AND a.response_excerpt IS NOT NULL
+                    WHERE a.delivery_id = d.id AND c.subject = $1 AND c.id <= $2::bigint
+                      AND (a.response_excerpt IS NOT NULL OR a.applied_reason IS NOT NULL)
                     """,
-                    parameters
+                    [parameters[0], parameters[2]]
                 )
                 try await connection.query(
                     """

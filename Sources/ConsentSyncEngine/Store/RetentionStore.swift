@@ -30,13 +30,14 @@ public enum RetentionStore {
                                c.changed_at < now() - make_interval(secs => $1::double precision) AND c.fanned_out
                                AND NOT EXISTS (SELECT 1 FROM consent_sync.deliveries d
                                                WHERE d.change_id = c.id AND d.state IN ('pending', 'in_flight')) AS due
-                        FROM consent_sync.changes c, mark WHERE c.id > mark.id ORDER BY c.id LIMIT $2::integer
+                        FROM consent_sync.changes c, mark WHERE c.id > mark.id AND c.pruned_at IS NULL ORDER BY c.id LIMIT $2::integer
                     ), stop AS (
-                        -- Everything up to the first change not yet due is done.
+                        -- The mark moves up to the first change not yet due (still owed, or young);
+                        -- due ones beyond it are pruned now, and skipped when the scan comes back.
                         SELECT coalesce((SELECT min(id) - 1 FROM scan WHERE NOT due), (SELECT max(id) FROM scan), (SELECT id FROM mark)) AS upto
                     ), pruned AS (
                         UPDATE consent_sync.changes c SET attributes = NULL, source = NULL, pruned_at = now()
-                        FROM scan, stop WHERE c.id = scan.id AND scan.id <= stop.upto AND c.pruned_at IS NULL
+                        FROM scan WHERE c.id = scan.id AND scan.due
                         RETURNING c.id
                     ), answers AS (
                         UPDATE consent_sync.attempts a SET response_excerpt = NULL
