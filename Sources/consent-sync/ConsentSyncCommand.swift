@@ -17,6 +17,7 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             WatchCommand.self,
             TraceCommand.self,
             ForgetCommand.self,
+            ResyncCommand.self,
             StatusCommand.self,
             ReceiveCommand.self,
             CheckConfigCommand.self,

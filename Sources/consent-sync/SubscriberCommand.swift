@@ -67,6 +67,9 @@ struct SubscriberCommand: AsyncParsableCommand {
         @Flag(help: "When several changes of one subject and purpose wait for this subscriber, send only the newest; the others are recorded as superseded.")
         var newestWins = false
 
+        @Flag(help: "Then back-fill it with the current state of every consent row (as 'consent-sync resync' does).")
+        var resync = false
+
         func validate() throws {
             guard (1...10_000).contains(maxInFlight) else { throw ValidationError("--max-in-flight must be between 1 and 10000") }
             guard (1...3_600_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms must be between 1 and 3600000") }
@@ -116,6 +119,13 @@ struct SubscriberCommand: AsyncParsableCommand {
                 try await SubscriberStore.add(new, keyring: keyring, on: connection)
             }
             print("added subscriber \(name) -> \(url)")
+            if resync {
+                let actor = operatorActor()
+                let (job, queued) = try await withDatabase(configuration, logger: logger) { connection in
+                    try await ResyncCommand.resync(subscriber: name, purpose: nil, rate: nil, chunk: 500, actor: actor, on: connection)
+                }
+                print("resync \(job.id): \(queued) snapshot(s) of the current state queued for \(name)")
+            }
             if secretFile == nil {
                 print("signing secret (shown once; give it to the receiver to verify webhook-signature):")
                 print(secret.encoded)

@@ -49,6 +49,37 @@ extension Migrations {
     END
     $fn$;
 
+    -- The SQL expressions of a watch over a row called `alias` (NEW, OLD, or a table alias):
+    -- the subject id, the mapped status (NULL when unmapped), the captured attributes, the
+    -- source; and the status values it knows, for error messages. Shared by the capture
+    -- trigger and resync, so that a snapshot says exactly what a live change would.
+    CREATE FUNCTION consent_sync.watch_expressions(
+        w consent_sync.watches, alias text,
+        OUT subject text, OUT status text, OUT attrs text, OUT source text, OUT known text
+    ) LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    BEGIN
+        SELECT string_agg(format('%s.%I::text', alias, c), ' || '':'' || ' ORDER BY o)
+          INTO subject
+          FROM unnest(w.subject_columns) WITH ORDINALITY AS u (c, o);
+        attrs := 'NULL';
+        IF cardinality(w.columns) > 0 THEN
+            SELECT 'jsonb_build_object(' || string_agg(format('%L, %s.%I', c, alias, c), ', ' ORDER BY o) || ')'
+              INTO attrs
+              FROM unnest(w.columns) WITH ORDINALITY AS u (c, o);
+        END IF;
+        source := CASE WHEN w.source_column IS NULL THEN 'NULL' ELSE format('%s.%I::text', alias, w.source_column) END;
+        IF w.status_map IS NULL THEN
+            status := format('CASE WHEN %1$s.%2$I::text IN (''granted'', ''denied'', ''withdrawn'') THEN %1$s.%2$I::text END', alias, w.status_column);
+            known := 'granted, denied, withdrawn';
+        ELSE
+            SELECT format('CASE %s.%I::text %s END', alias, w.status_column, string_agg(format('WHEN %L THEN %L', key, value), ' ' ORDER BY key)),
+                   string_agg(key, ', ' ORDER BY key)
+              INTO status, known
+              FROM jsonb_each_text(w.status_map);
+        END IF;
+    END
+    $fn$;
+
     -- (Re)creates the capture function consent_sync.capture_<id>() and the trigger
     -- consent_sync_capture of one watch, from its row: direct column access (no to_jsonb of
     -- the whole row), only the captured columns compared, identifiers and literals quoted by
@@ -61,14 +92,8 @@ extension Migrations {
         col text;
         fn text := format('consent_sync.%I', 'capture_' || watch);
         captured text[];
-        subject_new text;
-        subject_old text;
-        attrs_new text := 'NULL';
-        attrs_old text := 'NULL';
-        map_new text;
-        map_old text;
-        source_new text := 'NULL';
-        source_old text := 'NULL';
+        e_new record;
+        e_old record;
         known text;
         body text;
     BEGIN
@@ -100,31 +125,9 @@ extension Migrations {
                     || coalesce(ARRAY[w.source_column], '{}') || w.columns;
         captured := ARRAY(SELECT DISTINCT c FROM unnest(captured) AS c WHERE c IS NOT NULL ORDER BY c);
 
-        SELECT string_agg(format('%s.%I::text', 'NEW', c), ' || '':'' || ' ORDER BY o),
-               string_agg(format('%s.%I::text', 'OLD', c), ' || '':'' || ' ORDER BY o)
-          INTO subject_new, subject_old
-          FROM unnest(w.subject_columns) WITH ORDINALITY AS u (c, o);
-        IF cardinality(w.columns) > 0 THEN
-            SELECT 'jsonb_build_object(' || string_agg(format('%L, NEW.%I', c, c), ', ' ORDER BY o) || ')',
-                   'jsonb_build_object(' || string_agg(format('%L, OLD.%I', c, c), ', ' ORDER BY o) || ')'
-              INTO attrs_new, attrs_old
-              FROM unnest(w.columns) WITH ORDINALITY AS u (c, o);
-        END IF;
-        IF w.source_column IS NOT NULL THEN
-            source_new := format('NEW.%I::text', w.source_column);
-            source_old := format('OLD.%I::text', w.source_column);
-        END IF;
-        IF w.status_map IS NULL THEN
-            map_new := format('CASE WHEN NEW.%1$I::text IN (''granted'', ''denied'', ''withdrawn'') THEN NEW.%1$I::text END', w.status_column);
-            map_old := format('CASE WHEN OLD.%1$I::text IN (''granted'', ''denied'', ''withdrawn'') THEN OLD.%1$I::text END', w.status_column);
-            known := 'granted, denied, withdrawn';
-        ELSE
-            SELECT format('CASE NEW.%I::text %s END', w.status_column, string_agg(format('WHEN %L THEN %L', key, value), ' ' ORDER BY key)),
-                   format('CASE OLD.%I::text %s END', w.status_column, string_agg(format('WHEN %L THEN %L', key, value), ' ' ORDER BY key)),
-                   string_agg(key, ', ' ORDER BY key)
-              INTO map_new, map_old, known
-              FROM jsonb_each_text(w.status_map);
-        END IF;
+        SELECT * INTO e_new FROM consent_sync.watch_expressions(w, 'NEW');
+        SELECT * INTO e_old FROM consent_sync.watch_expressions(w, 'OLD');
+        known := e_new.known;
 
         body := format($body$
     DECLARE
@@ -182,10 +185,10 @@ extension Migrations {
     $body$,
             (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(captured) AS c),  -- 1 (as text: every type has one, not every type has =)
             (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(captured) AS c),  -- 2
-            subject_old, subject_new,                                                  -- 3, 4
+            e_old.subject, e_new.subject,                                              -- 3, 4
             w.purpose_column, w.status_column,                                         -- 5, 6
-            map_new, map_old, known,                                                   -- 7, 8, 9
-            source_old, source_new, attrs_old, attrs_new,                              -- 10-13
+            e_new.status, e_old.status, known,                                         -- 7, 8, 9
+            e_old.source, e_new.source, e_old.attrs, e_new.attrs,                      -- 10-13
             array_to_string(w.subject_columns, ', '),                                  -- 14
             watch, w.table_schema || '.' || w.table_name);                             -- 15, 16
 
@@ -282,6 +285,98 @@ extension Migrations {
         updated_at    timestamptz NOT NULL DEFAULT now(),
         finished_at   timestamptz
     );
+
+    -- One chunk of a resync: the current state of up to `chunk` rows of a watched table after
+    -- key `after` (its primary key, or subject, purpose and ctid without one), as
+    -- consent.snapshot changes for the job's subscriber. The rows are locked FOR SHARE while
+    -- read, so a live change in progress commits first (and its change comes first) and one
+    -- starting now waits (and comes after): a snapshot never overtakes, nor follows, a newer
+    -- live change of the same row. Returns {"rows": n, "last": [key as text…] or null}.
+    CREATE FUNCTION consent_sync.resync_chunk(job bigint, watch bigint, after jsonb, chunk integer)
+    RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+    DECLARE
+        r consent_sync.resyncs;
+        w consent_sync.watches;
+        e record;
+        rel regclass;
+        keys text[];
+        types text[];
+        q text;
+        result jsonb;
+    BEGIN
+        SELECT * INTO r FROM consent_sync.resyncs WHERE id = job;
+        SELECT * INTO w FROM consent_sync.watches WHERE id = watch;
+        IF r.id IS NULL OR w.id IS NULL THEN
+            RAISE EXCEPTION 'no resync % or watch %', job, watch USING ERRCODE = '42704';
+        END IF;
+        rel := to_regclass(format('%I.%I', w.table_schema, w.table_name));
+        IF rel IS NULL THEN
+            RAISE EXCEPTION 'watched table %.% does not exist any more', quote_ident(w.table_schema), quote_ident(w.table_name)
+                USING ERRCODE = '42P01', HINT = 'remove the watch with consent-sync watch remove';
+        END IF;
+        SELECT array_agg(a.attname::text ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+          INTO keys, types
+          FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k (attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = rel AND i.indisprimary;
+        IF keys IS NULL THEN
+            SELECT array_agg(a.attname::text ORDER BY u.o), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY u.o)
+              INTO keys, types
+              FROM unnest(w.subject_columns || w.purpose_column) WITH ORDINALITY AS u (c, o)
+              JOIN pg_attribute a ON a.attrelid = rel AND a.attname = u.c;
+            keys := keys || 'ctid'::text;
+            types := types || 'tid'::text;
+        END IF;
+        SELECT * INTO e FROM consent_sync.watch_expressions(w, 't');
+        q := format($q$
+            WITH picked AS (
+                SELECT %1$s AS subj, t.%2$I::text AS purp, %3$s AS st, t.%4$I::text AS raw, %5$s AS src, (%6$s)::jsonb AS attrs,
+                       jsonb_build_array(%7$s) AS k, %8$s
+                FROM %9$s t
+                WHERE ($1::jsonb IS NULL OR (%10$s) > (%11$s))
+                  AND ($2::text IS NULL OR t.%2$I::text = $2)
+                ORDER BY %10$s
+                LIMIT $3
+                FOR SHARE OF t
+            ), checked AS (
+                SELECT p.*, CASE
+                    WHEN coalesce(subj, '') = '' THEN 'the subject id is NULL or empty'
+                    WHEN length(subj) > 512 THEN 'the subject id is longer than 512 characters'
+                    WHEN coalesce(purp, '') = '' THEN 'the purpose is NULL or empty'
+                    WHEN length(purp) > 128 THEN 'the purpose is longer than 128 characters'
+                    WHEN st IS NULL THEN format('status %%s is not one of %%s', coalesce(quote_literal(left(raw, 100)), 'NULL'), %12$L)
+                END AS problem
+                FROM picked p
+            ), inserted AS (
+                INSERT INTO consent_sync.changes
+                    (watch_id, table_name, operation, event_type, subject, purpose, status, source, attributes, problem,
+                     target_subscriber_id, resync_id)
+                SELECT %13$s, %14$L, 'SNAPSHOT', CASE WHEN problem IS NULL THEN 'consent.snapshot' ELSE 'consent.invalid' END,
+                       left(coalesce(subj, ''), 512), left(coalesce(purp, ''), 128), st, src, attrs, problem, $4, $5
+                FROM checked
+                RETURNING 1
+            )
+            SELECT jsonb_build_object('rows', (SELECT count(*) FROM inserted),
+                                      'last', (SELECT k FROM picked ORDER BY %15$s LIMIT 1))
+            $q$,
+            e.subject, w.purpose_column, e.status, w.status_column, e.source, e.attrs,       -- 1-6
+            (SELECT string_agg(format('t.%I::text', c), ', ') FROM unnest(keys) AS c),        -- 7
+            (SELECT string_agg(format('t.%I AS key_%s', c, o), ', ') FROM unnest(keys) WITH ORDINALITY AS u (c, o)),  -- 8
+            rel,                                                                             -- 9
+            (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(keys) AS c),             -- 10
+            (SELECT string_agg(format('($1->>%s)::%s', o - 1, ty), ', ')
+               FROM unnest(keys, types) WITH ORDINALITY AS u (c, ty, o)),                    -- 11
+            e.known,                                                                         -- 12
+            watch, w.table_schema || '.' || w.table_name,                                    -- 13, 14
+            (SELECT string_agg(format('key_%s DESC', o), ', ') FROM generate_series(1, cardinality(keys)) AS o)  -- 15
+        );
+        EXECUTE q INTO result USING after, r.purpose, chunk, r.subscriber_id, job;
+        IF (result->>'rows')::integer > 0 AND EXISTS (SELECT 1 FROM consent_sync.listeners WHERE idle) THEN
+            PERFORM pg_notify('consent_sync', '');
+        END IF;
+        RETURN result;
+    END
+    $fn$;
 
     -- `consent-sync forget`: the erasure event, and when the subject's data was removed.
     CREATE TABLE consent_sync.erasures (
