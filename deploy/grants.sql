@@ -6,5 +6,11 @@
 GRANT USAGE ON SCHEMA consent_sync TO consent_sync;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA consent_sync TO consent_sync;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA consent_sync TO consent_sync;
+-- resync reads watched tables through this function, with the owner's rights.
+GRANT EXECUTE ON FUNCTION consent_sync.resync_chunk(bigint, bigint, jsonb, integer) TO consent_sync;
 GRANT USAGE ON SCHEMA consent_sync TO :"app";
 GRANT SELECT, INSERT, UPDATE, DELETE ON consent_sync.consents TO :"app";
+-- For each table of the application attached with 'consent-sync watch add' (run as
+-- consent_sync_owner): the owner needs TRIGGER to install the capture trigger, and SELECT and
+-- UPDATE for 'consent-sync resync' (rows are locked FOR SHARE while read), e.g.
+--   GRANT TRIGGER, SELECT, UPDATE ON crm.marketing_prefs TO consent_sync_owner;

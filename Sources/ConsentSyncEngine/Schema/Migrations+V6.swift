@@ -292,8 +292,10 @@ extension Migrations {
     -- read, so a live change in progress commits first (and its change comes first) and one
     -- starting now waits (and comes after): a snapshot never overtakes, nor follows, a newer
     -- live change of the same row. Returns {"rows": n, "last": [key as text…] or null}.
+    -- SECURITY DEFINER: reading a watched table FOR SHARE needs SELECT and UPDATE on it, which
+    -- the schema's owner has (it installed the trigger) and the daemon's role need not.
     CREATE FUNCTION consent_sync.resync_chunk(job bigint, watch bigint, after jsonb, chunk integer)
-    RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+    RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     DECLARE
         r consent_sync.resyncs;
         w consent_sync.watches;
@@ -377,6 +379,10 @@ extension Migrations {
         RETURN result;
     END
     $fn$;
+
+    REVOKE ALL ON FUNCTION consent_sync.resync_chunk(bigint, bigint, jsonb, integer) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION consent_sync.install_watch(bigint) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION consent_sync.uninstall_watch(bigint) FROM PUBLIC;
 
     -- `consent-sync forget`: the erasure event, and when the subject's data was removed.
     CREATE TABLE consent_sync.erasures (
