@@ -180,4 +180,37 @@ struct WatchTests {
             #expect(plain.schema == "public" && plain.table == "prefs")
         }
     }
+
+    @Test func theCommandLineSaysWhatIsWrongAndListsWhatIsWatched() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { try await $0.execute(Self.applicationTable) }
+            let environment = database.daemonEnvironment
+            let base = ["watch", "add", "app.marketing_prefs", "--subject-column", "tenant,customer_ref", "--purpose-column", "channel", "--status-column", "opted"]
+
+            let typo = try await DaemonProcess.run(base + ["--columns", "emial"], environment: environment)
+            #expect(typo.status == 1)
+            #expect(typo.stderr.contains("column emial (captured column) does not exist in table app.marketing_prefs"), "\(typo.stderr)")
+            #expect(typo.stderr.contains("its columns are: tenant, customer_ref, channel, opted, email, phone, internal, touched_at"), "\(typo.stderr)")
+            let badMap = try await DaemonProcess.run(base + ["--status-map", "yes=granted,no=nein"], environment: environment)
+            #expect(badMap.status != 0)
+            #expect(badMap.stderr.contains("'nein' is not granted, denied or withdrawn"), "\(badMap.stderr)")
+            let badName = try await DaemonProcess.run(["watch", "add", "a.b.c", "--subject-column", "x", "--purpose-column", "y", "--status-column", "z"], environment: environment)
+            #expect(badName.status != 0)
+            #expect(badName.stderr.contains("is not SCHEMA.TABLE"), "\(badName.stderr)")
+
+            let added = try await DaemonProcess.run(base + ["--status-map", "yes=granted,no=denied", "--columns", "email"], environment: environment)
+            #expect(added.status == 0, "\(added.stderr)")
+            #expect(added.stdout.contains("watching app.marketing_prefs"))
+            let again = try await DaemonProcess.run(base, environment: environment)
+            #expect(again.status == 1)
+            #expect(again.stderr.contains("already watched"), "\(again.stderr)")
+            let list = try await DaemonProcess.run(["watch", "list"], environment: environment)
+            #expect(list.stdout.contains("app.marketing_prefs") && list.stdout.contains("tenant+customer_ref") && list.stdout.contains("no=denied,yes=granted"), "\(list.stdout)")
+            #expect(list.stdout.contains("consent_sync.consents"))
+            let removed = try await DaemonProcess.run(["watch", "remove", "app.marketing_prefs"], environment: environment)
+            #expect(removed.status == 0 && removed.stdout.contains("no longer watching"), "\(removed.stderr)")
+            let twice = try await DaemonProcess.run(["watch", "remove", "app.marketing_prefs"], environment: environment)
+            #expect(twice.status == 1 && twice.stderr.contains("is not watched"), "\(twice.stderr)")
+        }
+    }
 }
