@@ -124,21 +124,23 @@ struct WatchTests {
                         INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (1, '\(Self.customer)', 'email', 'maybe');
                         INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (NULL, '\(Self.customer)', 'email', 'yes');
                         INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (2, '\(Self.customer)', '', 'yes');
+                        INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (4, '\(Self.customer)', repeat('x', 200), 'yes');
                         INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (3, '\(Self.customer)', 'email', 'yes');
                         """)
                 }
                 let requests = try await receiver.waitForRequests(count: 1)
                 #expect(requests.first?.bodyString.contains("\"3:\(Self.customer)\"") == true)
                 try await waitUntil("the three bad rows are dead") {
-                    try await deliveryCounts(database, subscriber: "crm") == ["dead": 3, "delivered": 1]
+                    try await deliveryCounts(database, subscriber: "crm") == ["dead": 4, "delivered": 1]
                 }
                 let reasons = try await database.withConnection { connection in
                     try await connection.query("SELECT last_error FROM consent_sync.deliveries WHERE state = 'dead' ORDER BY change_id").map { try $0.string("last_error") }
                 }
-                #expect(reasons.count == 3)
+                #expect(reasons.count == 4)
                 #expect(reasons.first?.contains("status 'maybe' in column opted is not one of no, revoked, yes") == true, "\(reasons)")
                 #expect(reasons.dropFirst().first?.contains("subject id (column tenant, customer_ref) is NULL or empty") == true, "\(reasons)")
-                #expect(reasons.last?.contains("purpose (column channel) is NULL or empty") == true, "\(reasons)")
+                #expect(reasons.dropFirst(2).first?.contains("purpose (column channel) is NULL or empty") == true, "\(reasons)")
+                #expect(reasons.last?.contains("the purpose is 200 characters long; at most 128 are accepted") == true, "\(reasons)")
                 #expect(receiver.requests.count == 1, "a change that cannot make an event was sent")
             }
         }
