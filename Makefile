@@ -19,10 +19,15 @@ release: deps
 	$(SWIFT) build -c release
 
 # The quick-start demo end to end (non-interactive), so that the README's first command
-# is checked too, then every test against a throwaway PostgreSQL.
+# is checked too, then every test against a throwaway PostgreSQL, then a short bounded run of
+# every fuzz target and the AddressSanitizer run of a subset of the tests (docs/testing.md).
+# SANITIZE=0 skips the last step.
+SANITIZE ?= 1
+
 test: deps
 	DEMO_EXIT=1 scripts/demo.sh
 	scripts/with-postgres.sh $(SWIFT) test $(TEST_FLAGS)
+	if [ "$(SANITIZE)" != 0 ]; then SWIFT=$(SWIFT) scripts/with-postgres.sh scripts/sanitize-and-fuzz.sh; fi
 
 demo: deps
 	scripts/demo.sh
@@ -33,4 +38,4 @@ bench: deps
 	scripts/bench/run.sh $(BENCH_FLAGS)
 
 clean:
-	rm -rf .build .local
+	rm -rf .build .build-asan .build-fuzz .build-fuzz-deps .local

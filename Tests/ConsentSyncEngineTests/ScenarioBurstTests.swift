@@ -5,13 +5,12 @@ import Testing
 
 extension Scenarios {
     @Suite struct Burst {
-        /// 5,000 changes written in about a second (the issue asks for 20,000; scaled down so that
-        /// the scenario stays near 30 s on two cores shared with other builds: 10,000 took 26 s
-        /// on a quiet machine and 65 s beside a sanitizer build), with one slow subscriber that
-        /// must not hold up the others.
+        /// The issue's 20,000 changes written in a few seconds (1,000 subjects × 4 purposes × 5
+        /// rounds), with one slow subscriber (`ads` only, 25 ms per request) that must not hold
+        /// up the other.
         @Test func aBurstWithOneSlowSubscriber() async throws {
             try await RelayFixture.withMigratedDatabase { testDatabase in
-                try await ScenarioHarness.run("burst of 5,000 changes, one slow subscriber", database: ScenarioDatabase(testDatabase)) { scenario in
+                try await ScenarioHarness.run("burst of 20,000 changes, one slow subscriber", database: ScenarioDatabase(testDatabase)) { scenario in
                     let fast = try await scenario.addReceiver("fast", limits: .init(maxInFlight: 32, timeout: .seconds(5)))
                     let slow = try await scenario.addReceiver(
                         "slow", purposes: ["ads"], limits: .init(maxInFlight: 8, timeout: .seconds(5)),
@@ -20,10 +19,10 @@ extension Scenarios {
                     try await scenario.startDaemons(1, environment: ["CONSENT_SYNC_RELAY_CLAIM_BATCH_SIZE": "500"])
                     let purposes = ["marketing_email", "ads", "analytics", "calls"]
                     let started = ContinuousClock.now
-                    let written = try await ScenarioWriter.burst(subjects: 250, rounds: 5, purposes: purposes, on: scenario.database)
+                    let written = try await ScenarioWriter.burst(subjects: 1_000, rounds: 5, purposes: purposes, on: scenario.database)
                     let writeTime = ContinuousClock.now - started
                     scenario.fault("burst written")
-                    #expect(written == 5_000)
+                    #expect(written == 20_000)
 
                     // When did each subscriber have everything?
                     async let fastDone = Self.timeUntil(fast, accepted: written, since: started)
@@ -31,16 +30,16 @@ extension Scenarios {
                     let (fastTime, slowTime) = try await (fastDone, slowDone)
                     print(String(format: "burst: written in %.2fs; fast subscriber had all in %.2fs, slow (ads only, 25 ms each) in %.2fs",
                                  writeTime.secondsValue, fastTime.secondsValue, slowTime.secondsValue))
-                    let outcome = try await scenario.finish(quiescenceTimeout: .seconds(120))
+                    let outcome = try await scenario.finish(quiescenceTimeout: .seconds(300))
                     #expect(outcome.report.isClean, "\(outcome.report)")
                     #expect(outcome.report.duplicates == 0)
-                    #expect(outcome.report.changes == 5_000)
+                    #expect(outcome.report.changes == 20_000)
                 }
             }
         }
 
         static func timeUntil(_ receiver: ScriptedReceiver, accepted count: Int, since start: ContinuousClock.Instant) async throws -> Duration {
-            let deadline = ContinuousClock.now + .seconds(120)
+            let deadline = ContinuousClock.now + .seconds(300)
             while receiver.acceptedCount < count {
                 guard ContinuousClock.now < deadline else { throw ScenarioError("\(receiver.name) has \(receiver.acceptedCount) of \(count)") }
                 try await Task.sleep(for: .milliseconds(50))

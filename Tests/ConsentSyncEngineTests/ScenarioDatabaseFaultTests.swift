@@ -6,24 +6,24 @@ extension Scenarios {
     /// PostgreSQL restarted and stopped under the daemon; its connections cut from the server side.
     @Suite struct DatabaseFaults {
         /// On a cluster of the scenario's own: restarting the shared server would break every
-        /// other test running meanwhile. "Stopped for 20 s" is shortened to 8 s to keep the
-        /// suite quick; the daemon's reconnect backoff is capped at 15 s either way.
+        /// other test running meanwhile. Stopped for the 20 s: longer than the relay's
+        /// reconnect backoff cap (15 s), so the daemon is seen waiting at its longest delay.
         @Test(.enabled(if: PrivateCluster.binaryDirectory != nil, "needs PostgreSQL's server binaries"))
         func postgresRestartedFastAndImmediateAndStoppedLosesNothing() async throws {
             try await PrivateCluster.with { cluster in
                 let database = try await cluster.createDatabase("scenario")
-                try await ScenarioHarness.run("PostgreSQL restarted (fast, immediate) and stopped 8 s", database: database) { scenario in
+                try await ScenarioHarness.run("PostgreSQL restarted (fast, immediate) and stopped 20 s", database: database) { scenario in
                     try await scenario.addReceiver("crm")
                     try await scenario.addReceiver("ads", purposes: ["ads"])
                     let fleet = try await scenario.startDaemons(1)
-                    let plan = ScenarioWriter.Plan.steady(seconds: 16, rowsPerSecond: 60)
+                    let plan = ScenarioWriter.Plan.steady(seconds: 30, rowsPerSecond: 60)
                     async let written = ScenarioWriter.run(plan, on: database, seed: scenario.seed)
                     try await scenario.runSchedule([
                         FaultStep(at: .seconds(2), "restart (fast)") { try await cluster.restart(.fast) },
                         FaultStep(at: .seconds(5), "restart (immediate)") { try await cluster.restart(.immediate) },
-                        FaultStep(at: .seconds(8), "stopped (fast) for 8 s, then started") {
+                        FaultStep(at: .seconds(8), "stopped (fast) for 20 s, then started") {
                             try await cluster.stop(.fast)
-                            try await Task.sleep(for: .seconds(8))
+                            try await Task.sleep(for: .seconds(20))
                             try await cluster.start()
                         },
                     ])

@@ -63,6 +63,20 @@ struct InvariantCheckerTests {
                 var allowing = expectations
                 allowing.duplicatesAllowed = true
                 #expect(check(doubled, snapshot, allowing).isClean)
+                // Bounded to the deliveries in flight at a kill: another delivery's duplicate is reported.
+                let doubledDelivery = try #require(again.deliveryID)
+                var bounded = allowing
+                bounded.duplicatesOnlyFor = [doubledDelivery]
+                #expect(check(doubled, snapshot, bounded).isClean)
+                bounded.duplicatesOnlyFor = [doubledDelivery + 1_000_000]
+                let outsideReport = check(doubled, snapshot, bounded)
+                #expect(!outsideReport.violations(of: .noDuplicates).isEmpty, "\(outsideReport)")
+                bounded.duplicatesOnlyFor = [doubledDelivery]
+                var tripled = doubled
+                var third = again
+                third.index = receipts.count + 1
+                tripled.append(third)
+                #expect(!check(tripled, snapshot, bounded).violations(of: .noDuplicates).isEmpty)
 
                 // A change of a rolled-back transaction "arrived".
                 var leaked = receipts

@@ -24,3 +24,18 @@ extension ScenarioWriter.Plan {
         return plan
     }
 }
+
+extension ScenarioWriter.Plan {
+    /// Issue #4's multi-daemon load: at least `changes` changes (no deletes, so every row written
+    /// is a change) of 50 subjects (five writers of ten), at 500 rows/s, 10 % rolled back.
+    static func fiftySubjects(changes: Int) -> ScenarioWriter.Plan {
+        var plan = ScenarioWriter.Plan()
+        plan.writers = 5
+        plan.subjectsPerWriter = 10
+        plan.deleteRatio = 0
+        plan.rowsPerSecond = 500
+        plan.maxRows = changes
+        plan.duration = .seconds(60)
+        return plan
+    }
+}

@@ -1,3 +1,4 @@
+import ConsentSyncTestKit
 import Testing
 
 @testable import ConsentSyncHTTP

@@ -77,6 +77,18 @@ public final class DaemonFleet: Sendable {
         }
     }
 
+    /// The instance id (lease owner) daemon `index` logged at start-up ("consent-sync starting
+    /// … instance=<uuid>"), or nil before it did.
+    public func instanceID(_ index: Int) -> String? {
+        guard let daemon = self.state.withLock({ $0.daemons[index] }) else { return nil }
+        for line in daemon.stderr.split(separator: "\n") where line.contains("consent-sync starting") {
+            guard let range = line.range(of: "instance=") else { continue }
+            let id = line[range.upperBound...].prefix { $0.isHexDigit || $0 == "-" }
+            if id.count == 36 { return id.lowercased() }
+        }
+        return nil
+    }
+
     /// SIGKILLs daemon `index` and waits for it to end.
     public func kill(_ index: Int) async {
         guard let daemon = self.state.withLock({ $0.daemons[index] }), daemon.isRunning else { return }

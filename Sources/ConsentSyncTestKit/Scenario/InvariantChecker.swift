@@ -120,11 +120,18 @@ public enum InvariantChecker {
         public var duplicatesAllowed = false
         /// Subscribers whose deliveries may be `dead` (the scenario forced it).
         public var deadAllowedFor: Set<String> = []
+        /// With `duplicatesAllowed`, bounds them: only these deliveries (those in flight under a
+        /// killed daemon's lease at the kill) may be acknowledged more than once, and each at
+        /// most `1 + kills` times. Nil: no bound.
+        public var duplicatesOnlyFor: Set<Int64>?
+        /// How often one delivery may be acknowledged again under `duplicatesOnlyFor`.
+        public var maxExtraAcknowledgements = 1
 
-        public init(rolledBackSubjects: Set<String> = [], duplicatesAllowed: Bool = false, deadAllowedFor: Set<String> = []) {
+        public init(rolledBackSubjects: Set<String> = [], duplicatesAllowed: Bool = false, deadAllowedFor: Set<String> = [], duplicatesOnlyFor: Set<Int64>? = nil) {
             self.rolledBackSubjects = rolledBackSubjects
             self.duplicatesAllowed = duplicatesAllowed
             self.deadAllowedFor = deadAllowedFor
+            self.duplicatesOnlyFor = duplicatesOnlyFor
         }
     }
 
@@ -244,6 +251,16 @@ public enum InvariantChecker {
             if duplicates > 0 && !expectations.duplicatesAllowed {
                 for (eventID, count) in acknowledged where count > 1 {
                     fail(.noDuplicates, subscriber.name, changesByEvent[eventID]?.subject, "event \(eventID) acknowledged \(count) times")
+                }
+            } else if duplicates > 0, let allowed = expectations.duplicatesOnlyFor {
+                for (eventID, count) in acknowledged where count > 1 {
+                    let change = changesByEvent[eventID]
+                    let delivery = change.flatMap { deliveriesByPair["\($0.id)/\(subscriber.id)"]?.first?.id }
+                    if delivery.map({ !allowed.contains($0) }) ?? true {
+                        fail(.noDuplicates, subscriber.name, change?.subject, "event \(eventID) (delivery \(delivery.map(String.init) ?? "-")) acknowledged \(count) times but was not in flight at a kill")
+                    } else if count - 1 > expectations.maxExtraAcknowledgements {
+                        fail(.noDuplicates, subscriber.name, change?.subject, "event \(eventID) (delivery \(delivery.map(String.init) ?? "-")) acknowledged \(count) times, more than \(1 + expectations.maxExtraAcknowledgements)")
+                    }
                 }
             }
 

@@ -154,6 +154,18 @@ public final class ScenarioHarness: Sendable {
         }
     }
 
+    /// The deliveries in flight under `owner`'s lease now: after a SIGKILL, the only ones that
+    /// may be sent twice (the dead daemon may have been answered without writing the result).
+    public func deliveriesLeased(by owner: String) async throws -> Set<Int64> {
+        let rows = try await database.withConnection { connection in
+            try await connection.query(
+                "SELECT id FROM consent_sync.deliveries WHERE state = 'in_flight' AND lease_owner = $1::uuid",
+                [owner]
+            )
+        }
+        return Set(try rows.map { try $0.int64("id") })
+    }
+
     /// Waits until the outbox is fanned out and no delivery is pending or in flight (twice in
     /// a row); returns the time since the last fault, or nil after `timeout`.
     public func waitForQuiescence(timeout: Duration = .seconds(90)) async throws -> Duration? {

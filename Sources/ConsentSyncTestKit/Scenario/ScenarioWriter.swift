@@ -29,7 +29,8 @@ public enum ScenarioWriter {
         public var maxRowsPerTransaction = 3
         /// Share of transactions held open 50-250 ms before they commit (others commit meanwhile).
         public var lateCommitRatio = 0.05
-        /// Subjects are `<prefix><writer>-<n>`.
+        /// Subjects are `<prefix><writer>-<n>`. (Each upsert sets a source of its own, so that
+        /// none is a no-op update: without deletes, changes captured = rows committed.)
         public var subjectPrefix = "s"
 
         public init() {}
@@ -98,13 +99,13 @@ public enum ScenarioWriter {
                     connection = db
                 }
                 try await db.query("BEGIN")
-                for _ in 0..<count {
+                for row in 0..<count {
                     let subject = subjects.randomElement(using: &random)!
                     let purpose = plan.purposes.randomElement(using: &random)!
                     if Double.random(in: 0..<1, using: &random) < plan.deleteRatio {
                         try await db.query("DELETE FROM consent_sync.consents WHERE subject_id = $1 AND purpose = $2", [subject, purpose])
                     } else {
-                        try await Self.upsert(subject, purpose, statuses.randomElement(using: &random)!, source: "w\(writer)t\(transaction)", on: db)
+                        try await Self.upsert(subject, purpose, statuses.randomElement(using: &random)!, source: "w\(writer)t\(transaction)r\(row)", on: db)
                     }
                 }
                 if rollback {

@@ -4,10 +4,10 @@ import Foundation
 /// temporary directory: a CA, a server certificate for localhost and
 /// 127.0.0.1, two client certificates it signed ("client-a", "client-b"), and a
 /// rogue CA with a client certificate of its own ("rogue").
-struct TestCertificates {
-    let directory: URL
+public struct TestCertificates: Sendable {
+    public let directory: URL
 
-    static func make() throws -> TestCertificates {
+    public static func make() throws -> TestCertificates {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("consent-sync-tls-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -50,11 +50,11 @@ struct TestCertificates {
     }
 
     /// The path of `name` ("ca.pem", "client-a.key", …).
-    func path(_ name: String) -> String {
+    public func path(_ name: String) -> String {
         self.directory.appendingPathComponent(name).path
     }
 
-    func remove() {
+    public func remove() {
         try? FileManager.default.removeItem(at: self.directory)
     }
 }
@@ -63,8 +63,8 @@ struct TestCertificates {
 /// test CA (Python's `http.server` and `ssl`, in a child process). Answers
 /// every POST with 200 and the client certificate's common name as the body;
 /// keeps connections alive, so reuse is possible.
-final class TLSReceiver {
-    let port: Int
+public final class TLSReceiver {
+    public let port: Int
     private let process: Process
     private let input: Pipe
 
@@ -115,7 +115,7 @@ final class TLSReceiver {
         server.serve_forever()
         """#
 
-    init(certificates: TestCertificates) throws {
+    public init(certificates: TestCertificates) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", Self.script, certificates.directory.path]
@@ -141,9 +141,9 @@ final class TLSReceiver {
     }
 
     /// "https://127.0.0.1:<port>/hook"
-    var url: String { "https://127.0.0.1:\(self.port)/hook" }
+    public var url: String { "https://127.0.0.1:\(self.port)/hook" }
 
-    func stop() {
+    public func stop() {
         guard self.process.isRunning else { return }
         self.process.terminate()
         try? self.input.fileHandleForWriting.close()
@@ -155,13 +155,13 @@ final class TLSReceiver {
     }
 }
 
-struct TLSFixtureError: Error, CustomStringConvertible {
-    var message: String
-    var description: String { self.message }
+public struct TLSFixtureError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { self.message }
 }
 
 /// Runs `body` with fresh certificates and a receiver requiring client certificates, cleaning up whatever happens.
-func withTLSReceiver<T>(_ body: (TLSReceiver, TestCertificates) async throws -> T) async throws -> T {
+public func withTLSReceiver<T>(_ body: (TLSReceiver, TestCertificates) async throws -> T) async throws -> T {
     let certificates = try TestCertificates.make()
     defer { certificates.remove() }
     let receiver = try TLSReceiver(certificates: certificates)
