@@ -44,12 +44,18 @@ enum ConfigConnectionString {
     private static func uriPasswordRanges(_ bytes: [UInt8]) -> [Range<Int>]? {
         guard let schemeEnd = find(Array("://".utf8), in: bytes).map({ $0 + 3 }) else { return nil }
         var ranges: [Range<Int>] = []
-        let authorityEnd = bytes[schemeEnd...].firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? bytes.count
-        if let at = bytes[schemeEnd..<authorityEnd].lastIndex(of: UInt8(ascii: "@")),
-            let colon = bytes[schemeEnd..<at].firstIndex(of: UInt8(ascii: ":"))
+        // As libpq reads it: the user info runs to the first '@' before any '/', so a password
+        // may contain '?' or ':' (found by the config fuzz target with a libpq-style oracle).
+        var hostStart = schemeEnd
+        if let at = bytes[schemeEnd...].firstIndex(where: { $0 == UInt8(ascii: "@") || $0 == UInt8(ascii: "/") }),
+            bytes[at] == UInt8(ascii: "@")
         {
-            ranges.append((colon + 1)..<at)
+            if let colon = bytes[schemeEnd..<at].firstIndex(of: UInt8(ascii: ":")) {
+                ranges.append((colon + 1)..<at)
+            }
+            hostStart = at + 1
         }
+        let authorityEnd = bytes[hostStart...].firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? bytes.count
         if let question = bytes[authorityEnd...].firstIndex(of: UInt8(ascii: "?")) {
             var start = question + 1
             while start <= bytes.count {

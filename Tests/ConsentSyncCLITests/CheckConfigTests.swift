@@ -148,6 +148,8 @@ struct SecretRedactionTests {
     @Test(arguments: [
         "postgresql://app:\(secret)@127.0.0.1:1/app?connect_timeout=2",
         "postgresql://app@127.0.0.1:1/app?connect_timeout=2&password=\(secret)",
+        // libpq ends the user info at the first '@' before any '/': '?' and ':' belong to the password.
+        "postgresql://app:pa?ss:\(secret)@127.0.0.1:1/app?connect_timeout=2",
         "host=127.0.0.1 port=1 connect_timeout=2 user=app password=\(secret)",
         "host=127.0.0.1 port=1 connect_timeout=2 user=app password='\(secret)'",
     ])

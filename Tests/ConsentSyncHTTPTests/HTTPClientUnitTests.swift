@@ -84,6 +84,18 @@ struct HTTPClientUnitTests {
         )
     }
 
+    @Test("a header splits at its first colon byte, whatever marks come before it")
+    func colonByte() {
+        var parser = ResponseHeadParser()
+        for line in ["HTTP/1.1 429 Too Many Requests\r\n", "retry-after\u{0604}: 120: x\r\n", "Retry-After: 5\r\n", "\r\n"] {
+            parser.consume(Substring(line))
+        }
+        #expect(parser.headers == [
+            HTTPHeader(name: "retry-after\u{0604}", value: "120: x"),
+            HTTPHeader(name: "Retry-After", value: "5"),
+        ])
+    }
+
     @Test("the strict address policy refuses non-public addresses", arguments: [
         "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
         "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "::1", "fe80::1", "fc00::1", "fd12::1",

@@ -65,6 +65,7 @@ build_receiver_response() {
         Sources/ConsentSyncCore/Retry/*.swift \
         Sources/ConsentSyncHTTP/HTTPHeader.swift Sources/ConsentSyncHTTP/HTTPResponse.swift \
         Sources/ConsentSyncHTTP/Curl/ResponseHeadParser.swift \
+        Sources/ConsentSyncCore/Events/ReceiverAnswer.swift \
         scripts/fuzz/ReceiverResponseFuzz.swift \
         -o "$out/receiver-response"
 }

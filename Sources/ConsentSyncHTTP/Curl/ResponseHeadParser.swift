@@ -32,21 +32,24 @@ struct ResponseHeadParser {
             }
             return
         }
-        guard let colon = line.firstIndex(of: ":") else { return }
+        // Split on the first ':' byte: a Character-wise search lets a combining or prepended
+        // mark glue itself to the colon and moves the split (found by the receiver fuzz target).
+        let bytes = Array(line.utf8)
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return }
         self.headers.append(
             HTTPHeader(
-                name: String(line[..<colon].trimmingSpaces()),
-                value: String(line[line.index(after: colon)...].trimmingSpaces())
+                name: String(decoding: bytes[..<colon], as: UTF8.self).trimmingSpaces(),
+                value: String(decoding: bytes[(colon + 1)...], as: UTF8.self).trimmingSpaces()
             )
         )
     }
 }
 
-extension Substring {
-    fileprivate func trimmingSpaces() -> Substring {
-        var result = self
+extension StringProtocol {
+    fileprivate func trimmingSpaces() -> String {
+        var result = Substring(self)
         while let first = result.first, first == " " || first == "\t" { result.removeFirst() }
         while let last = result.last, last == " " || last == "\t" { result.removeLast() }
-        return result
+        return String(result)
     }
 }
