@@ -63,7 +63,8 @@ enum DeliveryStore {
                     SELECT id, subject, purpose, event_type FROM consent_sync.changes
                     WHERE NOT fanned_out ORDER BY id LIMIT $1::integer
                 ), marked AS (
-                    UPDATE consent_sync.changes c SET fanned_out = true FROM batch WHERE c.id = batch.id
+                    UPDATE consent_sync.changes c SET fanned_out = true
+                    WHERE c.id = ANY (ARRAY(SELECT id FROM batch))
                 ), pairs AS (
                     SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
                            row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
@@ -73,10 +74,11 @@ enum DeliveryStore {
                 ), inserted AS (
                     INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, next_attempt_at)
                     SELECT p.change_id, p.subscriber_id, p.subject,
-                           CASE WHEN p.position > 1 OR EXISTS (
-                                    SELECT 1 FROM consent_sync.deliveries d
+                           CASE WHEN p.position > 1 OR (
+                                    SELECT d.change_id FROM consent_sync.deliveries d
                                     WHERE d.subscriber_id = p.subscriber_id AND d.subject = p.subject
-                                      AND d.state IN ('pending', 'in_flight') AND d.change_id < p.change_id)
+                                      AND d.state IN ('pending', 'in_flight')
+                                    ORDER BY d.change_id LIMIT 1) < p.change_id
                                 THEN 'infinity'::timestamptz ELSE now() END
                     FROM pairs p ORDER BY p.change_id, p.subscriber_id
                     ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
@@ -101,16 +103,15 @@ enum DeliveryStore {
     ) async throws -> [ClaimedDelivery] {
         let rows = try await connection.query(
             """
-            WITH budget AS (
-                SELECT * FROM unnest($2::bigint[], $3::integer[]) AS b(subscriber_id, n)
-            ), picked AS (
-                SELECT d.id FROM budget b CROSS JOIN LATERAL (
+            WITH picked AS (
+                SELECT d.id FROM unnest($2::bigint[], $3::integer[]) AS b(subscriber_id, n) CROSS JOIN LATERAL (
                     SELECT d.id FROM consent_sync.deliveries d
                     WHERE d.subscriber_id = b.subscriber_id AND d.state = 'pending' AND d.next_attempt_at <= now()
-                      AND NOT EXISTS (
-                          SELECT 1 FROM consent_sync.deliveries e
+                      AND d.change_id = (
+                          SELECT e.change_id FROM consent_sync.deliveries e
                           WHERE e.subscriber_id = d.subscriber_id AND e.subject = d.subject
-                            AND e.state IN ('pending', 'in_flight') AND e.change_id < d.change_id)
+                            AND e.state IN ('pending', 'in_flight')
+                          ORDER BY e.change_id LIMIT 1)
                     ORDER BY d.next_attempt_at
                     LIMIT b.n
                     FOR UPDATE SKIP LOCKED
@@ -119,7 +120,7 @@ enum DeliveryStore {
                 UPDATE consent_sync.deliveries d
                 SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid,
                     lease_expires_at = now() + make_interval(secs => $4::double precision)
-                FROM picked WHERE d.id = picked.id
+                WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
                 RETURNING d.id, d.change_id, d.subscriber_id, d.attempts, d.created_at, d.requeued_at,
                           d.attempts_before_requeue, d.replay_of
             )
@@ -128,7 +129,9 @@ enum DeliveryStore {
                    c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
                    c.attributes::text AS attributes
-            FROM claimed cl JOIN consent_sync.changes c ON c.id = cl.change_id
+            FROM claimed cl CROSS JOIN LATERAL (
+                SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id OFFSET 0
+            ) c
             ORDER BY c.id
             """,
             [
@@ -188,7 +191,8 @@ enum DeliveryStore {
                         last_status = i.status, last_error = i.error,
                         completed_at = CASE WHEN i.verdict IN ('delivered', 'dead') THEN now() END
                     FROM input i
-                    WHERE d.id = i.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
+                    WHERE d.id = ANY ($2::bigint[]) AND d.id = i.id
+                      AND d.state = 'in_flight' AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
                     RETURNING d.id, d.subscriber_id, d.subject, d.state
                 ), logged AS (
                     INSERT INTO consent_sync.attempts
@@ -197,12 +201,12 @@ enum DeliveryStore {
                     FROM input i
                 ), unparked AS (
                     UPDATE consent_sync.deliveries p SET next_attempt_at = now()
-                    WHERE p.id IN (
+                    WHERE p.id = ANY (ARRAY(
                         SELECT (SELECT q.id FROM consent_sync.deliveries q
                                 WHERE q.subscriber_id = u.subscriber_id AND q.subject = u.subject
                                   AND q.state = 'pending' AND q.next_attempt_at = 'infinity'
                                 ORDER BY q.change_id LIMIT 1)
-                        FROM updated u WHERE u.state IN ('delivered', 'dead'))
+                        FROM updated u WHERE u.state IN ('delivered', 'dead')))
                 )
                 SELECT id FROM updated
                 """,
@@ -232,9 +236,9 @@ enum DeliveryStore {
             WITH expired AS (
                 UPDATE consent_sync.deliveries SET state = 'pending', next_attempt_at = now(),
                        lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'
-                WHERE id IN (SELECT id FROM consent_sync.deliveries
-                             WHERE state = 'in_flight' AND lease_expires_at < now()
-                             ORDER BY lease_expires_at LIMIT $1::integer FOR UPDATE SKIP LOCKED)
+                WHERE id = ANY (ARRAY(SELECT id FROM consent_sync.deliveries
+                                      WHERE state = 'in_flight' AND lease_expires_at < now()
+                                      ORDER BY lease_expires_at LIMIT $1::integer FOR UPDATE SKIP LOCKED))
                 RETURNING id, attempts, lease_expires_at
             ), logged AS (
                 INSERT INTO consent_sync.attempts (delivery_id, attempt, started_at, error)
@@ -256,7 +260,7 @@ enum DeliveryStore {
             """
             UPDATE consent_sync.deliveries d SET lease_expires_at = now() + make_interval(secs => l.seconds)
             FROM unnest($2::bigint[], $3::double precision[]) AS l(id, seconds)
-            WHERE d.id = l.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid
+            WHERE d.id = ANY ($2::bigint[]) AND d.id = l.id AND d.state = 'in_flight' AND d.lease_owner = $1::uuid
             """,
             [owner.uuidString, postgresArray(entries.map { String($0.key) }), postgresArray(entries.map { String($0.value.seconds) })]
         )
