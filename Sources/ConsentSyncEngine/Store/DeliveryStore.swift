@@ -204,7 +204,11 @@ enum DeliveryStore {
                     WHERE p.id = ANY (ARRAY(
                         SELECT (SELECT q.id FROM consent_sync.deliveries q
                                 WHERE q.subscriber_id = u.subscriber_id AND q.subject = u.subject
-                                  AND q.state = 'pending' AND q.next_attempt_at = 'infinity'
+                                  -- "live and not in flight" rather than "pending": only
+                                  -- deliveries_live_by_subject can serve it then, never a scan of
+                                  -- every parked delivery of the subscriber (chosen on a fresh table)
+                                  AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
+                                  AND q.next_attempt_at = 'infinity'
                                 ORDER BY q.change_id LIMIT 1)
                         FROM updated u WHERE u.state IN ('delivered', 'dead')))
                 )
