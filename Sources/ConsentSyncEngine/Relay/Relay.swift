@@ -183,25 +183,20 @@ public final class Relay: Service {
                         logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
                     }
 
-                    try await recordFinished(&state, on: db)
-
                     if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
                         subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
                         subscribersLoadedAt = .now
                     }
 
-                    // One batch per round, then claim: draining the whole outbox first let a
-                    // steady stream of writes starve delivery (found by the benchmark). A full
-                    // batch counts as work, so the next round comes at once.
-                    let fannedOutTotal = try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes
-                    metrics.fannedOut(fannedOutTotal)
-
-                    let budgets = state.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
-                    var claimed: [ClaimedDelivery] = []
+                    // One round trip: write back what finished, fan out one batch, claim. One
+                    // batch per round, then claim: draining the whole outbox first let a steady
+                    // stream of writes starve delivery (found by the benchmark). A full batch
+                    // counts as work, so the next round comes at once.
                     let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
-                    if !budgets.isEmpty {
-                        claimed = try await DeliveryStore.claim(owner: instanceID, budgets: budgets, lease: lease, on: db)
-                    }
+                    let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
+                    let fannedOutTotal = round.fannedOut
+                    let claimed = round.claimed
+                    metrics.fannedOut(fannedOutTotal)
                     var bodies: [Int64: [UInt8]] = [:]
                     let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
                     for delivery in claimed {
@@ -299,6 +294,123 @@ public final class Relay: Service {
         logger.info("relay stopped")
     }
 
+    /// One round's statements in one pipeline: record the finished attempts (and track failures),
+    /// fan out one batch, claim. Each is its own transaction, in that order, so the claim sees
+    /// the slots and un-parked deliveries of the results just written.
+    private func runRound(
+        _ state: inout DispatchState,
+        subscribers: [Int64: Subscriber],
+        lease: Duration,
+        configuration: Configuration,
+        on db: PostgresConnection
+    ) async throws -> (fannedOut: Int, claimed: [ClaimedDelivery]) {
+        let records = finished.withLock { records in
+            defer { records.removeAll(keepingCapacity: true) }
+            return records
+        }
+        // The slots of finished requests are free whatever the database answers; `state` takes
+        // this plan only once the results are written (on failure they are tried again).
+        var planned = state
+        for record in records { planned.finished(record) }
+        let budgets = planned.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
+        let outcomes = Self.outcomes(of: records)
+
+        var groups: [[PostgresStatement]] = []
+        if !records.isEmpty {
+            groups.append(DeliveryStore.recordStatements(records, owner: instanceID))
+        }
+        if !outcomes.isEmpty {
+            groups.append([DeliveryStore.trackFailuresStatement(outcomes, disableAfter: configuration.disableAfterFailing)])
+        }
+        groups.append(DeliveryStore.fanOutStatements(limit: configuration.fanOutBatchSize))
+        if !budgets.isEmpty {
+            groups.append([DeliveryStore.claimStatement(owner: instanceID, budgets: budgets, lease: lease)])
+        }
+        let results: [Result<PostgresRows, PostgresError>]
+        do {
+            results = try await db.pipeline(groups)
+        } catch {
+            finished.withLock { $0.insert(contentsOf: records, at: 0) }
+            throw error
+        }
+        var next = results.makeIterator()
+
+        if !records.isEmpty {
+            _ = next.next()  // the lock
+            let written = next.next()!
+            if case .failure(let error) = written, error.isConnectionError {
+                // Keep them for the next try; nothing is lost while the process lives.
+                finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                throw error
+            }
+            var applied: Set<Int64>
+            switch written {
+            case .success(let rows):
+                applied = try DeliveryStore.recordResult(rows)
+            case .failure(let error):
+                // One bad row must not hold up every result behind it: write them one by one.
+                logger.error("writing results failed; writing them one by one", metadata: ["error": "\(error)", "count": "\(records.count)"])
+                applied = []
+                do {
+                    for record in records {
+                        applied.formUnion(try await recordAlone(record, on: db))
+                    }
+                } catch {
+                    // Lost the connection half-way: all of them again next time (applied ones are fenced).
+                    finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                    throw error
+                }
+            }
+            leased.withLock { leases in
+                for record in records { leases[record.deliveryID] = nil }
+            }
+            for record in records where !applied.contains(record.deliveryID) {
+                logger.warning("result not applied: the lease was lost meanwhile", metadata: ["delivery": "\(record.deliveryID)"])
+            }
+        }
+        state = planned
+
+        var failing: [Int64] = []
+        if !outcomes.isEmpty {
+            switch next.next()! {
+            case .success(let rows):
+                failing = try DeliveryStore.trackFailuresResult(rows, disableAfter: configuration.disableAfterFailing)
+            case .failure(let error):
+                logger.warning("could not track failing subscribers this round", metadata: ["error": "\(error)"])
+            }
+        }
+
+        var stepError: (any Error)?
+        _ = next.next()  // the fan-out's lock
+        var fannedOut = 0
+        do {
+            fannedOut = try DeliveryStore.fanOutResult(try next.next()!.get()).changes
+        } catch {
+            stepError = error
+        }
+        var claimed: [ClaimedDelivery] = []
+        if !budgets.isEmpty {
+            do {
+                claimed = try DeliveryStore.claimResult(try next.next()!.get())
+            } catch {
+                stepError = stepError ?? error
+            }
+        }
+        do {
+            try await disableSubscribers(failing: failing, records: records, on: db)
+        } catch {
+            stepError = stepError ?? error
+        }
+        if let stepError {
+            // Claimed deliveries are leased to this instance: send them even when another step
+            // failed; the failed step runs again next round.
+            guard !claimed.isEmpty else { throw stepError }
+            logger.error("pipeline step failed; sending what was claimed", metadata: ["error": "\(stepError)"])
+            metrics.databaseError()
+        }
+        return (fannedOut, claimed)
+    }
+
     private func recordFinished(_ state: inout DispatchState, on db: PostgresConnection) async throws {
         let records = finished.withLock { records in
             defer { records.removeAll(keepingCapacity: true) }
@@ -357,13 +469,25 @@ public final class Relay: Service {
     /// a single success for `disableAfterFailing`. Its deliveries stay, and new ones keep
     /// coming: enabling it sends them all, in order.
     private func disableFailingSubscribers(_ records: [AttemptRecord], on db: PostgresConnection) async throws {
+        let failing = try await DeliveryStore.trackFailures(Self.outcomes(of: records), disableAfter: configuration.disableAfterFailing, on: db)
+        try await disableSubscribers(failing: failing, records: records, on: db)
+    }
+
+    /// Per subscriber: whether any of these attempts succeeded (interrupted ones say nothing).
+    private static func outcomes(of records: [AttemptRecord]) -> [Int64: Bool] {
         var outcomes: [Int64: Bool] = [:]
         for record in records where !record.interrupted {
             outcomes[record.subscriberID] = (outcomes[record.subscriberID] ?? false) || record.verdict == .delivered
         }
+        return outcomes
+    }
+
+    /// Disables the subscribers failing for too long (`failing`, from failure tracking) and
+    /// those whose receiver answered 410 Gone.
+    private func disableSubscribers(failing: [Int64], records: [AttemptRecord], on db: PostgresConnection) async throws {
         var toDisable: [Int64: String] = [:]
         let configuration = self.configuration
-        for id in try await DeliveryStore.trackFailures(outcomes, disableAfter: configuration.disableAfterFailing, on: db) {
+        for id in failing {
             toDisable[id] = "every attempt failed for more than \(Int((configuration.disableAfterFailing ?? .zero).seconds)) s (relay.disable_after_failing_seconds)"
         }
         for record in records {

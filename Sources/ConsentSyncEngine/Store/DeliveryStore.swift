@@ -55,9 +55,16 @@ enum DeliveryStore {
     /// Turns up to `limit` outbox rows not yet fanned out into deliveries.
     /// - Returns: how many changes were taken (less than `limit` means the outbox is drained).
     static func fanOut(limit: Int, on connection: PostgresConnection) async throws -> (changes: Int, deliveries: Int) {
-        try await connection.withTransaction { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)])
-            let rows = try await connection.query(
+        let results = try await connection.pipeline([fanOutStatements(limit: limit)])
+        return try fanOutResult(try results[1].get())
+    }
+
+    /// The fan-out as one transaction: the exclusive lock (before the statement's snapshot),
+    /// then the batch. Its second statement's rows go to ``fanOutResult(_:)``.
+    static func fanOutStatements(limit: Int) -> [PostgresStatement] {
+        [
+            PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)]),
+            PostgresStatement(
                 """
                 WITH batch AS (
                     SELECT id, subject, purpose, event_type FROM consent_sync.changes
@@ -87,10 +94,13 @@ enum DeliveryStore {
                 SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries
                 """,
                 [String(limit)]
-            )
-            let row = try rows.first.orThrow("fan-out returned no row")
-            return (try row.int("changes"), try row.int("deliveries"))
-        }
+            ),
+        ]
+    }
+
+    static func fanOutResult(_ rows: PostgresRows) throws -> (changes: Int, deliveries: Int) {
+        let row = try rows.first.orThrow("fan-out returned no row")
+        return (try row.int("changes"), try row.int("deliveries"))
     }
 
     /// Claims due deliveries, at most `budget` per subscriber, the earliest change of each
@@ -101,7 +111,13 @@ enum DeliveryStore {
         lease: Duration,
         on connection: PostgresConnection
     ) async throws -> [ClaimedDelivery] {
-        let rows = try await connection.query(
+        let statement = claimStatement(owner: owner, budgets: budgets, lease: lease)
+        return try claimResult(try await connection.query(statement.sql, statement.parameters))
+    }
+
+    /// The claim as one statement; its rows go to ``claimResult(_:)``.
+    static func claimStatement(owner: UUID, budgets: [(subscriberID: Int64, count: Int)], lease: Duration) -> PostgresStatement {
+        PostgresStatement(
             """
             WITH picked AS (
                 SELECT d.id FROM unnest($2::bigint[], $3::integer[]) AS b(subscriber_id, n) CROSS JOIN LATERAL (
@@ -141,7 +157,10 @@ enum DeliveryStore {
                 String(lease.seconds),
             ]
         )
-        return try rows.map { row in
+    }
+
+    static func claimResult(_ rows: PostgresRows) throws -> [ClaimedDelivery] {
+        try rows.map { row in
             let operation = try row.string("operation")
             return ClaimedDelivery(
                 id: try row.int64("id"),
@@ -174,9 +193,16 @@ enum DeliveryStore {
     @discardableResult
     static func record(_ records: [AttemptRecord], owner: UUID, on connection: PostgresConnection) async throws -> Set<Int64> {
         guard !records.isEmpty else { return [] }
-        return try await connection.withTransaction { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)])
-            let rows = try await connection.query(
+        let results = try await connection.pipeline([recordStatements(records, owner: owner)])
+        return try recordResult(try results[1].get())
+    }
+
+    /// Recording as one transaction: the shared lock (before the statement's snapshot), then
+    /// the results. Its second statement's rows go to ``recordResult(_:)``.
+    static func recordStatements(_ records: [AttemptRecord], owner: UUID) -> [PostgresStatement] {
+        [
+            PostgresStatement("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)]),
+            PostgresStatement(
                 """
                 WITH input AS (
                     SELECT * FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::double precision[],
@@ -226,9 +252,12 @@ enum DeliveryStore {
                     postgresArray(records.map { String($0.startedAt.timeIntervalSince1970) }),
                     postgresArray(records.map { String($0.duration.seconds * 1000) }),
                 ]
-            )
-            return Set(try rows.map { try $0.int64("id") })
-        }
+            ),
+        ]
+    }
+
+    static func recordResult(_ rows: PostgresRows) throws -> Set<Int64> {
+        Set(try rows.map { try $0.int64("id") })
     }
 
     /// Returns deliveries whose lease ran out (their instance died or lost the database)
@@ -286,8 +315,14 @@ enum DeliveryStore {
     /// subscribers failing for longer than `disableAfter` (nil: never disable).
     static func trackFailures(_ outcomes: [Int64: Bool], disableAfter: Duration?, on connection: PostgresConnection) async throws -> [Int64] {
         guard !outcomes.isEmpty else { return [] }
+        let statement = trackFailuresStatement(outcomes, disableAfter: disableAfter)
+        return try trackFailuresResult(try await connection.query(statement.sql, statement.parameters), disableAfter: disableAfter)
+    }
+
+    /// Failure tracking as one statement; its rows go to ``trackFailuresResult(_:disableAfter:)``.
+    static func trackFailuresStatement(_ outcomes: [Int64: Bool], disableAfter: Duration?) -> PostgresStatement {
         let entries = Array(outcomes)
-        let rows = try await connection.query(
+        return PostgresStatement(
             """
             WITH o AS (
                 SELECT * FROM unnest($1::bigint[], $2::boolean[]) AS o(id, ok)
@@ -305,6 +340,9 @@ enum DeliveryStore {
                 String(disableAfter?.seconds ?? 1e12),
             ]
         )
+    }
+
+    static func trackFailuresResult(_ rows: PostgresRows, disableAfter: Duration?) throws -> [Int64] {
         guard disableAfter != nil else { return [] }
         return try rows.map { try $0.int64("id") }
     }
