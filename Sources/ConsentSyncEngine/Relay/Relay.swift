@@ -312,8 +312,13 @@ public final class Relay: Service {
         // this plan only once the results are written (on failure they are tried again).
         var planned = state
         for record in records { planned.finished(record) }
-        let budgets = planned.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
         let outcomes = Self.outcomes(of: records)
+        // A subscriber that only failed in these results may be disabled by them (410 Gone, or
+        // failing for too long), which is known only once they are written: claim nothing for
+        // it in this round's pipeline; the next round sees whether it is still enabled.
+        var holdBack = Set(outcomes.filter { !$0.value }.map(\.key))
+        for record in records where record.disableSubscriber != nil { holdBack.insert(record.subscriberID) }
+        let budgets = planned.budgets(for: subscribers.values.filter { !holdBack.contains($0.id) }, perRound: configuration.claimBatchSize)
 
         var groups: [[PostgresStatement]] = []
         if !records.isEmpty {
@@ -535,10 +540,15 @@ public final class Relay: Service {
                 clientKeyPath: subscriber.tls.clientKeyPath
             )
         }
-        var metadata: Logger.Metadata = [
-            "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
-            "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
-        ]
+        // Built only when a line is logged: most deliveries log at debug level, which is off.
+        func metadata(_ extra: Logger.Metadata) -> Logger.Metadata {
+            var metadata: Logger.Metadata = [
+                "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
+                "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
+            ]
+            metadata.merge(extra) { _, new in new }
+            return metadata
+        }
 
         let outcome: AttemptOutcome
         var status: Int?
@@ -569,24 +579,29 @@ public final class Relay: Service {
             disable = "receiver answered 410 Gone"
             decision = .retry(after: .zero)
         }
-        metadata["duration_ms"] = "\(duration.milliseconds)"
-        if let status { metadata["status"] = "\(status)" }
+        var outcomeMetadata: Logger.Metadata {
+            var extra: Logger.Metadata = ["duration_ms": "\(duration.milliseconds)"]
+            if let status { extra["status"] = "\(status)" }
+            return extra
+        }
         let record: AttemptRecord
         switch decision {
         case .delivered:
-            logger.debug("delivered", metadata: metadata)
+            logger.debug("delivered", metadata: metadata(outcomeMetadata))
             metrics.delivery(subscriber: subscriber.name, outcome: "delivered")
             metrics.commitToAcknowledgement(subscriber: subscriber.name, .milliseconds(Int64(Date().timeIntervalSince(delivery.change.changedAt) * 1000)))
             record = .init(delivery, verdict: .delivered, status: status, error: nil, excerpt: excerpt, startedAt: startedAt, duration: duration)
         case .retry(let after):
-            metadata["retry_in_ms"] = "\(after.milliseconds)"
-            if let errorText { metadata["error"] = "\(errorText)" }
-            logger.info("delivery failed; will retry", metadata: metadata)
+            var extra = outcomeMetadata
+            extra["retry_in_ms"] = "\(after.milliseconds)"
+            if let errorText { extra["error"] = "\(errorText)" }
+            logger.info("delivery failed; will retry", metadata: metadata(extra))
             metrics.delivery(subscriber: subscriber.name, outcome: "retry")
             record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration, disable: disable)
         case .dead(let reason):
-            metadata["reason"] = "\(reason)"
-            logger.warning("delivery dead", metadata: metadata)
+            var extra = outcomeMetadata
+            extra["reason"] = "\(reason)"
+            logger.warning("delivery dead", metadata: metadata(extra))
             metrics.delivery(subscriber: subscriber.name, outcome: "dead")
             record = .init(delivery, verdict: .dead, status: status, error: errorText ?? reason, excerpt: excerpt, startedAt: startedAt, duration: duration)
         }
