@@ -140,6 +140,148 @@ final class LibPQConnection: @unchecked Sendable {
         return self.consume(result, sql: sql)
     }
 
+    /// Runs groups of statements in one round trip (libpq pipeline mode). With `prepare`, each
+    /// statement is prepared on its first use on this connection and executed by name after.
+    /// Each group is one implicit transaction (ended by a sync point): a failed statement rolls its group back and
+    /// skips the rest of that group (`PGRES_PIPELINE_ABORTED`); later groups still run. Each
+    /// statement takes its own snapshot (READ COMMITTED), so a lock taken by one statement is held
+    /// before the next one's snapshot, as with `BEGIN … COMMIT`.
+    /// - Returns: one result per statement, in order, groups flattened.
+    func executePipeline(_ groups: [[PostgresStatement]], prepare: Bool) -> [Result<PostgresRows, PostgresError>] {
+        let statements = groups.flatMap { $0 }
+        func failAll(_ error: PostgresError) -> [Result<PostgresRows, PostgresError>] {
+            statements.map { _ in .failure(error) }
+        }
+        guard let conn = self.conn else {
+            return failAll(PostgresError(code: .connectionClosed, message: "the connection is closed", isConnectionError: true))
+        }
+        for statement in statements {
+            if statement.sql.utf8.contains(0) || statement.parameters.contains(where: { $0?.utf8.contains(0) == true }) {
+                return failAll(PostgresError(code: .invalidArgument, message: "a statement or parameter contains a NUL byte", query: statement.sql))
+            }
+        }
+        guard PQenterPipelineMode(conn) == 1 else {
+            return failAll(PostgresError(code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), isConnectionError: PQstatus(conn) == CONNECTION_BAD))
+        }
+        defer { _ = PQexitPipelineMode(conn) }
+
+        // Send everything; libpq copies the parameters into its output buffer at once. Each
+        // statement is prepared on first use (parsed and planned once per connection, not per
+        // round): a Parse goes ahead of its first execution.
+        var sent = 0
+        var syncs = 0
+        var preparing: [Int: String] = [:]  // statement index -> name being prepared
+        var preparingBySQL: [String: String] = [:]
+        sending: for group in groups where !group.isEmpty {
+            for statement in group {
+                let values = statement.parameters.map { $0.map { strdup($0) } ?? nil }
+                defer { values.forEach { free($0) } }
+                let count = Int32(values.count)
+                var name = prepare ? self.preparedNames[statement.sql] ?? preparingBySQL[statement.sql] : nil
+                if name == nil, prepare, self.preparedCount < Self.maxPreparedStatements {
+                    // A fresh name each time: one that failed or went unconfirmed is never reused.
+                    self.preparedCount += 1
+                    let newName = "consent_sync_\(self.preparedCount)"
+                    guard PQsendPrepare(conn, newName, statement.sql, count, nil) == 1 else { break sending }
+                    preparing[sent] = newName
+                    preparingBySQL[statement.sql] = newName
+                    name = newName
+                }
+                let ok: Int32
+                if let name {
+                    ok = PQsendQueryPrepared(conn, name, count, values.map { UnsafePointer($0) }, nil, nil, 0)
+                } else {
+                    ok = PQsendQueryParams(conn, statement.sql, count, nil, values.map { UnsafePointer($0) }, nil, nil, 0)
+                }
+                guard ok == 1 else { break sending }
+                sent += 1
+            }
+            guard PQpipelineSync(conn) == 1 else { break sending }
+            syncs += 1
+        }
+        if sent < statements.count || syncs < groups.filter({ !$0.isEmpty }).count {
+            // Could not send (a broken connection): read what was sent, fail the rest.
+            let error = PostgresError(code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), isConnectionError: PQstatus(conn) == CONNECTION_BAD)
+            self.drainPipeline(conn)
+            return failAll(error)
+        }
+
+        var results: [Result<PostgresRows, PostgresError>] = []
+        results.reserveCapacity(statements.count)
+        for group in groups where !group.isEmpty {
+            for statement in group {
+                var prepareError: PostgresError?
+                if let name = preparing[results.count] {
+                    if let prepared = PQgetResult(conn) {
+                        if PQresultStatus(prepared) == PGRES_COMMAND_OK {
+                            self.preparedNames[statement.sql] = name
+                            PQclear(prepared)
+                        } else if PQresultStatus(prepared) == PGRES_PIPELINE_ABORTED {
+                            PQclear(prepared)
+                        } else {
+                            prepareError = Self.error(from: prepared, conn: conn, sql: statement.sql)
+                            PQclear(prepared)
+                        }
+                    }
+                    while let extra = PQgetResult(conn) { PQclear(extra) }
+                }
+                guard let result = PQgetResult(conn) else {
+                    results.append(.failure(PostgresError(
+                        code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), query: statement.sql,
+                        isConnectionError: PQstatus(conn) == CONNECTION_BAD
+                    )))
+                    continue
+                }
+                if let prepareError {
+                    PQclear(result)
+                    results.append(.failure(prepareError))
+                } else if PQresultStatus(result) == PGRES_PIPELINE_ABORTED {
+                    PQclear(result)
+                    results.append(.failure(PostgresError(code: .queryFailed, message: "not run: an earlier statement of its transaction failed", query: statement.sql)))
+                } else {
+                    results.append(self.consume(result, sql: statement.sql))
+                }
+                // The end of this statement's results.
+                while let extra = PQgetResult(conn) { PQclear(extra) }
+            }
+            // The sync point that ends the group.
+            if let sync = PQgetResult(conn) {
+                let status = PQresultStatus(sync)
+                PQclear(sync)
+                if status != PGRES_PIPELINE_SYNC {
+                    self.drainPipeline(conn)
+                    let error = PostgresError(code: .invalidResult, message: "pipeline out of step (expected a sync point)", isConnectionError: PQstatus(conn) == CONNECTION_BAD)
+                    return results + statements.dropFirst(results.count).map { _ in .failure(error) }
+                }
+            }
+            if PQstatus(conn) == CONNECTION_BAD {
+                let error = PostgresError(code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), isConnectionError: true)
+                return results + statements.dropFirst(results.count).map { _ in .failure(error) }
+            }
+        }
+        return results
+    }
+
+    /// Statements prepared on this connection by ``executePipeline(_:)``, by SQL text.
+    private var preparedNames: [String: String] = [:]
+    /// Names handed out so far (prepared or attempted).
+    private var preparedCount = 0
+    /// Beyond this many, statements run unprepared (a bound for callers that vary their SQL).
+    private static let maxPreparedStatements = 64
+
+    /// Reads and drops whatever results are still due, so the connection leaves pipeline mode idle.
+    private func drainPipeline(_ conn: OpaquePointer) {
+        var nulls = 0
+        while PQstatus(conn) == CONNECTION_OK, nulls < 2 {
+            if let result = PQgetResult(conn) {
+                nulls = 0
+                PQclear(result)
+            } else {
+                nulls += 1
+            }
+        }
+    }
+
     private func consume(_ result: OpaquePointer?, sql: String) -> Result<PostgresRows, PostgresError> {
         guard let conn = self.conn else {
             return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", query: sql, isConnectionError: true))

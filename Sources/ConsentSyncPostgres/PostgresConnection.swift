@@ -81,6 +81,44 @@ public final class PostgresConnection: Sendable {
         try await self.run(sql, parameters: parameters, cancellable: true)
     }
 
+    /// Runs groups of statements in one round trip (libpq pipeline mode). Each group is one
+    /// transaction: a failed statement rolls back its group and skips the rest of it; the next
+    /// groups still run. Each statement takes its own snapshot, so a lock taken by a statement
+    /// holds for the next ones of its group, as between `BEGIN` and `COMMIT`.
+    ///
+    /// With `prepared`, each statement is parsed and planned once per connection (a named
+    /// prepared statement, created on first use): not for a transaction-pooling proxy that
+    /// does not track prepared statements (PgBouncer before 1.21).
+    ///
+    /// - Returns: one result per statement, groups flattened, in order.
+    /// - Throws: ``PostgresError/Code/cancelled`` when cancelled before it started.
+    public func pipeline(_ groups: [[PostgresStatement]], prepared: Bool = false) async throws -> [Result<PostgresRows, PostgresError>] {
+        let id = self.requests.withLock { $0.register() }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                self.queue.async {
+                    self.canceller.barrier()
+                    if self.requests.withLock({ $0.start(id) }) {
+                        continuation.resume(throwing: PostgresError(code: .cancelled, message: "the statements were cancelled before they started"))
+                        return
+                    }
+                    let results = self.handle.executePipeline(groups, prepare: prepared)
+                    let cancelSent = self.requests.withLock { $0.finish(id) }
+                    self.connected.store(self.handle.isConnected, ordering: .releasing)
+                    continuation.resume(returning: results.map { result in
+                        result.mapError { error in
+                            var error = error
+                            if cancelSent, error.sqlState == "57014" { error.code = .cancelled }
+                            return error
+                        }
+                    })
+                }
+            }
+        } onCancel: {
+            self.cancel(id)
+        }
+    }
+
     /// Runs a script of several statements without parameters (`PQexec`), e.g. a migration.
     public func execute(_ script: String) async throws {
         try await self.run(script, parameters: nil, cancellable: true)

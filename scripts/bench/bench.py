@@ -1284,6 +1284,13 @@ unset multiplot
                 log("profile: PostgreSQL restarted with pg_stat_statements and auto_explain")
             except Exception as error:
                 log(f"profile: could not load pg_stat_statements/auto_explain ({error}); going on without them")
+        if statements:
+            try:
+                # planning time too (known once the library is loaded): statements not prepared are planned on every call
+                self.pg.psql("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
+                self.pg.psql("SELECT pg_reload_conf()")
+            except Exception as error:
+                log(f"profile: could not turn on pg_stat_statements.track_planning ({error}); planning time not reported")
         perf_bin = shutil.which("perf")
         perf_data = os.path.join(prof, "perf.data")
 
@@ -1297,9 +1304,10 @@ unset multiplot
             summary["drain"] = {k: v for k, v in result.items() if k != "check"}
             if result.get("pg_stat_statements"):
                 with open(os.path.join(prof, "pg_stat_statements.txt"), "w") as f:
-                    f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'rows':>8}  query\n")
+                    f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8}  query\n")
                     for q in result["pg_stat_statements"]:
-                        f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} {q['rows']:>8}  {q['query']}\n")
+                        f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} "
+                                f"{q['plan_ms']:>10.1f} {q['rows']:>8}  {q['query']}\n")
         if result and perf_bin and os.path.exists(perf_data):
             pid = str(result["daemon_pid"])
             pg_pids = ",".join(str(p) for p in result["pg_pids"])

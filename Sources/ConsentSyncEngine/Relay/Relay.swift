@@ -220,25 +220,20 @@ public final class Relay: Service {
                         logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
                     }
 
-                    try await recordFinished(&state, on: db)
-
                     if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
                         subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
                         subscribersLoadedAt = .now
                     }
 
-                    // One batch per round, then claim: draining the whole outbox first let a
-                    // steady stream of writes starve delivery (found by the benchmark). A full
-                    // batch counts as work, so the next round comes at once.
-                    let fannedOutTotal = try await DeliveryStore.fanOut(limit: configuration.fanOutBatchSize, on: db).changes
-                    metrics.fannedOut(fannedOutTotal)
-
-                    let budgets = state.budgets(for: subscribers.values, perRound: configuration.claimBatchSize)
-                    var claimed: [ClaimedDelivery] = []
+                    // One round trip: write back what finished, fan out one batch, claim. One
+                    // batch per round, then claim: draining the whole outbox first let a steady
+                    // stream of writes starve delivery (found by the benchmark). A full batch
+                    // counts as work, so the next round comes at once.
                     let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
-                    if !budgets.isEmpty {
-                        claimed = try await DeliveryStore.claim(owner: instanceID, budgets: budgets, lease: lease, on: db)
-                    }
+                    let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
+                    let fannedOutTotal = round.fannedOut
+                    let claimed = round.claimed
+                    metrics.fannedOut(fannedOutTotal)
                     var bodies: [Int64: [UInt8]] = [:]
                     let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
                     for delivery in claimed {
@@ -342,6 +337,137 @@ public final class Relay: Service {
         logger.info("relay stopped")
     }
 
+    /// One round's statements in one pipeline: record the finished attempts (and track failures),
+    /// fan out one batch, claim. Each is its own transaction, in that order, so the claim sees
+    /// the slots and un-parked deliveries of the results just written.
+    private func runRound(
+        _ state: inout DispatchState,
+        subscribers: [Int64: Subscriber],
+        lease: Duration,
+        configuration: Configuration,
+        on db: PostgresConnection
+    ) async throws -> (fannedOut: Int, claimed: [ClaimedDelivery]) {
+        let records = finished.withLock { records in
+            defer { records.removeAll(keepingCapacity: true) }
+            return records
+        }
+        // The slots of finished requests are free whatever the database answers; `state` takes
+        // this plan only once the results are written (on failure they are tried again).
+        var planned = state
+        for record in records { planned.finished(record) }
+        let outcomes = Self.outcomes(of: records)
+        // A subscriber that only failed in these results may be disabled by them (410 Gone, or
+        // failing for too long), which is known only once they are written: claim nothing for
+        // it in this round's pipeline; the next round sees whether it is still enabled.
+        var holdBack = Set(outcomes.filter { !$0.value }.map(\.key))
+        for record in records where record.disableSubscriber != nil { holdBack.insert(record.subscriberID) }
+        let budgets = planned.budgets(for: subscribers.values.filter { !holdBack.contains($0.id) }, perRound: configuration.claimBatchSize)
+
+        var groups: [[PostgresStatement]] = []
+        if !records.isEmpty {
+            groups.append(DeliveryStore.recordStatements(records, owner: instanceID))
+        }
+        if !outcomes.isEmpty {
+            groups.append([DeliveryStore.trackFailuresStatement(outcomes, disableAfter: configuration.disableAfterFailing)])
+        }
+        groups.append(DeliveryStore.fanOutStatements(limit: configuration.fanOutBatchSize))
+        if !budgets.isEmpty {
+            groups.append([DeliveryStore.claimStatement(owner: instanceID, budgets: budgets, lease: lease)])
+        }
+        let results: [Result<PostgresRows, PostgresError>]
+        do {
+            results = try await db.pipeline(groups)
+        } catch {
+            finished.withLock { $0.insert(contentsOf: records, at: 0) }
+            throw error
+        }
+        var next = results.makeIterator()
+
+        if !records.isEmpty {
+            _ = next.next()  // the lock
+            let written = next.next()!
+            if case .failure(let error) = written, error.isConnectionError {
+                // Keep them for the next try; nothing is lost while the process lives.
+                finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                throw error
+            }
+            var applied: Set<Int64>
+            switch written {
+            case .success(let rows):
+                applied = try DeliveryStore.recordResult(rows)
+            case .failure(let error):
+                // One bad row must not hold up every result behind it: write them one by one.
+                logger.error("writing results failed; writing them one by one", metadata: ["error": "\(error)", "count": "\(records.count)"])
+                applied = []
+                do {
+                    for record in records {
+                        applied.formUnion(try await recordAlone(record, on: db))
+                    }
+                } catch {
+                    // Lost the connection half-way: all of them again next time (applied ones are fenced).
+                    finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                    throw error
+                }
+            }
+            leased.withLock { leases in
+                for record in records { leases[record.deliveryID] = nil }
+            }
+            for record in records where !applied.contains(record.deliveryID) {
+                logger.warning("result not applied: the lease was lost meanwhile", metadata: ["delivery": "\(record.deliveryID)"])
+            }
+            // Newest-wins: a delivery waiting again gives way to a newer one that came meanwhile.
+            let waitingAgain = records.filter { $0.newestWins && $0.verdict == .retry && applied.contains($0.deliveryID) }
+            if !waitingAgain.isEmpty {
+                try await DeliveryStore.supersede(subjects: waitingAgain.map { ($0.subscriberID, $0.subject) }, on: db)
+            }
+        }
+        state = planned
+
+        var failing: [Int64] = []
+        if !outcomes.isEmpty {
+            switch next.next()! {
+            case .success(let rows):
+                failing = try DeliveryStore.trackFailuresResult(rows, disableAfter: configuration.disableAfterFailing)
+            case .failure(let error):
+                logger.warning("could not track failing subscribers this round", metadata: ["error": "\(error)"])
+            }
+        }
+
+        var stepError: (any Error)?
+        _ = next.next()  // the fan-out's lock
+        var fannedOut = 0
+        do {
+            let fanOut = try DeliveryStore.fanOutResult(try next.next()!.get())
+            fannedOut = fanOut.changes
+            if let range = fanOut.newChanges {
+                try await DeliveryStore.supersede(changes: range, on: db)
+            }
+        } catch {
+            stepError = error
+        }
+        var claimed: [ClaimedDelivery] = []
+        if !budgets.isEmpty {
+            do {
+                claimed = try DeliveryStore.claimResult(try next.next()!.get())
+            } catch {
+                stepError = stepError ?? error
+            }
+        }
+        do {
+            try await disableSubscribers(failing: failing, records: records, on: db)
+        } catch {
+            stepError = stepError ?? error
+        }
+        if let stepError {
+            // Claimed deliveries are leased to this instance: send them even when another step
+            // failed; the failed step runs again next round.
+            guard !claimed.isEmpty else { throw stepError }
+            logger.error("pipeline step failed; sending what was claimed", metadata: ["error": "\(stepError)"])
+            metrics.databaseError()
+        }
+        return (fannedOut, claimed)
+    }
+
     private func recordFinished(_ state: inout DispatchState, on db: PostgresConnection) async throws {
         let records = finished.withLock { records in
             defer { records.removeAll(keepingCapacity: true) }
@@ -402,13 +528,25 @@ public final class Relay: Service {
     /// a single success for `disableAfterFailing`. Its deliveries stay, and new ones keep
     /// coming: enabling it sends them all, in order.
     private func disableFailingSubscribers(_ records: [AttemptRecord], on db: PostgresConnection) async throws {
+        let failing = try await DeliveryStore.trackFailures(Self.outcomes(of: records), disableAfter: configuration.disableAfterFailing, on: db)
+        try await disableSubscribers(failing: failing, records: records, on: db)
+    }
+
+    /// Per subscriber: whether any of these attempts succeeded (interrupted ones say nothing).
+    private static func outcomes(of records: [AttemptRecord]) -> [Int64: Bool] {
         var outcomes: [Int64: Bool] = [:]
         for record in records where !record.interrupted {
             outcomes[record.subscriberID] = (outcomes[record.subscriberID] ?? false) || record.verdict == .delivered
         }
+        return outcomes
+    }
+
+    /// Disables the subscribers failing for too long (`failing`, from failure tracking) and
+    /// those whose receiver answered 410 Gone.
+    private func disableSubscribers(failing: [Int64], records: [AttemptRecord], on db: PostgresConnection) async throws {
         var toDisable: [Int64: String] = [:]
         let configuration = self.configuration
-        for id in try await DeliveryStore.trackFailures(outcomes, disableAfter: configuration.disableAfterFailing, on: db) {
+        for id in failing {
             toDisable[id] = "every attempt failed for more than \(Int((configuration.disableAfterFailing ?? .zero).seconds)) s (relay.disable_after_failing_seconds)"
         }
         for record in records {
@@ -465,10 +603,15 @@ public final class Relay: Service {
                 clientKeyPath: subscriber.tls.clientKeyPath
             )
         }
-        var metadata: Logger.Metadata = [
-            "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
-            "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
-        ]
+        // Built only when a line is logged: most deliveries log at debug level, which is off.
+        func metadata(_ extra: Logger.Metadata) -> Logger.Metadata {
+            var metadata: Logger.Metadata = [
+                "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)",
+                "change": "\(delivery.change.id)", "attempt": "\(delivery.attempt)",
+            ]
+            metadata.merge(extra) { _, new in new }
+            return metadata
+        }
 
         let outcome: AttemptOutcome
         var status: Int?
@@ -501,24 +644,29 @@ public final class Relay: Service {
             disable = "receiver answered 410 Gone"
             decision = .retry(after: .zero)
         }
-        metadata["duration_ms"] = "\(duration.milliseconds)"
-        if let status { metadata["status"] = "\(status)" }
+        var outcomeMetadata: Logger.Metadata {
+            var extra: Logger.Metadata = ["duration_ms": "\(duration.milliseconds)"]
+            if let status { extra["status"] = "\(status)" }
+            return extra
+        }
         var record: AttemptRecord
         switch decision {
         case .delivered:
-            logger.debug("delivered", metadata: metadata)
+            logger.debug("delivered", metadata: metadata(outcomeMetadata))
             metrics.delivery(subscriber: subscriber.name, outcome: "delivered")
             metrics.commitToAcknowledgement(subscriber: subscriber.name, .milliseconds(Int64(Date().timeIntervalSince(delivery.change.changedAt) * 1000)))
             record = .init(delivery, verdict: .delivered, status: status, error: nil, excerpt: excerpt, startedAt: startedAt, duration: duration)
         case .retry(let after):
-            metadata["retry_in_ms"] = "\(after.milliseconds)"
-            if let errorText { metadata["error"] = "\(errorText)" }
-            logger.info("delivery failed; will retry", metadata: metadata)
+            var extra = outcomeMetadata
+            extra["retry_in_ms"] = "\(after.milliseconds)"
+            if let errorText { extra["error"] = "\(errorText)" }
+            logger.info("delivery failed; will retry", metadata: metadata(extra))
             metrics.delivery(subscriber: subscriber.name, outcome: "retry")
             record = .init(delivery, verdict: .retry, retryIn: after, status: status, error: errorText, excerpt: excerpt, startedAt: startedAt, duration: duration, disable: disable)
         case .dead(let reason):
-            metadata["reason"] = "\(reason)"
-            logger.warning("delivery dead", metadata: metadata)
+            var extra = outcomeMetadata
+            extra["reason"] = "\(reason)"
+            logger.warning("delivery dead", metadata: metadata(extra))
             metrics.delivery(subscriber: subscriber.name, outcome: "dead")
             record = .init(delivery, verdict: .dead, status: status, error: errorText ?? reason, excerpt: excerpt, startedAt: startedAt, duration: duration)
         }

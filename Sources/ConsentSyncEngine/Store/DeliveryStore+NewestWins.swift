@@ -4,18 +4,23 @@ extension DeliveryStore {
     /// Newest-wins: for subscribers in that mode, a pending delivery of a subject and purpose
     /// that has a newer one pending behind it becomes `superseded` (recorded with the change
     /// that replaced it, never silently dropped), and the first delivery still live for that
-    /// subject is made due. Runs inside fan-out's transaction, for the subjects of the
-    /// changes just fanned out. A delivery in flight is never touched.
+    /// subject is made due. Runs right after a fan-out, for the subjects of the changes just
+    /// fanned out. A delivery in flight is never touched.
+    /// After a fan-out of the changes in `changes`, in a transaction of its own under the
+    /// fan-out's exclusive lock (so that no fan-out parks a delivery meanwhile).
     static func supersede(changes: ClosedRange<Int64>, on connection: PostgresConnection) async throws {
-        try await supersede(
-            fresh: """
-                SELECT DISTINCT d.subscriber_id, d.subject
-                FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id AND s.newest_wins
-                WHERE d.change_id BETWEEN $1::bigint AND $2::bigint
-                """,
-            [String(changes.lowerBound), String(changes.upperBound)],
-            on: connection
-        )
+        try await connection.withTransaction { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)])
+            try await supersede(
+                fresh: """
+                    SELECT DISTINCT d.subscriber_id, d.subject
+                    FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id AND s.newest_wins
+                    WHERE d.change_id BETWEEN $1::bigint AND $2::bigint
+                    """,
+                [String(changes.lowerBound), String(changes.upperBound)],
+                on: connection
+            )
+        }
     }
 
     /// The same for subjects whose delivery failed and waits again: a newer change that
