@@ -323,12 +323,17 @@ enum DeliveryStore {
     static func renewLeases(owner: UUID, leases: [Int64: Duration], on connection: PostgresConnection) async throws {
         // One statement per lease length (there is usually one), with no join: joined to
         // unnest(ids), the planner re-ran the `id = ANY` scan per id (262 ms for 309 leases).
+        // A row locked now is being written back (its lease is ending): skipped, which also
+        // keeps this statement from deadlocking with the write-back's row locks.
         let byLength = Dictionary(grouping: leases, by: \.value)
         for (length, entries) in byLength {
             try await connection.query(
                 """
                 UPDATE consent_sync.deliveries SET lease_expires_at = now() + make_interval(secs => $3::double precision)
-                WHERE id = ANY ($2::bigint[]) AND state = 'in_flight' AND lease_owner = $1::uuid
+                WHERE id = ANY (ARRAY(SELECT id FROM consent_sync.deliveries
+                                      WHERE id = ANY ($2::bigint[]) AND state = 'in_flight' AND lease_owner = $1::uuid
+                                      FOR UPDATE SKIP LOCKED))
+                  AND state = 'in_flight' AND lease_owner = $1::uuid
                 """,
                 [owner.uuidString, postgresArray(entries.map { String($0.key) }), String(length.seconds)]
             )
