@@ -23,11 +23,14 @@ release: deps
 # every fuzz target and the AddressSanitizer run of a subset of the tests (docs/testing.md).
 # SANITIZE=0 skips the last step.
 SANITIZE ?= 1
+# The benchmark's self-checked smoke run (docs/benchmarks.md) on the debug build; 0 skips it.
+BENCH_SMOKE ?= 1
 
 test: deps
 	DEMO_EXIT=1 scripts/demo.sh
 	scripts/with-postgres.sh $(SWIFT) test $(TEST_FLAGS)
 	if [ "$(SANITIZE)" != 0 ]; then SWIFT=$(SWIFT) scripts/with-postgres.sh scripts/sanitize-and-fuzz.sh; fi
+	if [ "$(BENCH_SMOKE)" != 0 ]; then BENCH_BINARY=$(CURDIR)/.build/debug/consent-sync scripts/bench/run.sh --smoke; fi
 
 demo: deps
 	scripts/demo.sh

@@ -118,6 +118,7 @@ public final class Relay: Service {
                 let live: PostgresConnection
                 if let connection { live = connection } else {
                     live = try await PostgresConnection.connect(database.with("application_name", "consent-sync janitor"), logger: logger)
+                    try await DeliveryStore.prepareSession(live)
                     connection = live
                 }
                 let instances = try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
@@ -207,6 +208,7 @@ public final class Relay: Service {
                     let db: PostgresConnection
                     if let connection { db = connection } else {
                         db = try await PostgresConnection.connect(database, logger: logger)
+                        try await DeliveryStore.prepareSession(db)
                         try await Migrator.requireCurrent(db)
                         installationID = try await DeliveryStore.installationID(on: db)
                         // Registered even when polling only: rate limits are shared among the daemons here.
