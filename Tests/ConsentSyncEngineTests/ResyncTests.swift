@@ -141,4 +141,33 @@ struct ResyncTests {
             #expect(view.count == expected.count)
         }
     }
+
+    @Test func theCommandLineQueuesSnapshotsForANewSubscriberAndRefusesBadArguments() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute("""
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status)
+                    VALUES ('a', 'email', 'granted'), ('b', 'email', 'withdrawn'), ('b', 'ads', 'denied');
+                    """)
+            }
+            var environment = database.daemonEnvironment
+            environment["CONSENT_SYNC_SECRETS_ALLOW_PLAINTEXT"] = "true"
+            let added = try await DaemonProcess.run(
+                ["subscriber", "add", "warehouse", "--url", "http://127.0.0.1:9/hook", "--resync"], environment: environment
+            )
+            #expect(added.status == 0, "\(added.stderr)")
+            #expect(added.stdout.contains("3 snapshot(s) of the current state queued for warehouse"), "\(added.stdout)")
+            let again = try await DaemonProcess.run(["resync", "--subscriber", "warehouse", "--purpose", "email", "--rate", "100"], environment: environment)
+            #expect(again.status == 0, "\(again.stderr)")
+            #expect(again.stdout.contains("2 snapshot(s) queued"), "\(again.stdout)")
+            let snapshots = try await database.withConnection { connection in
+                try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE event_type = 'consent.snapshot' AND target_subscriber_id IS NOT NULL").first?.int("n")
+            }
+            #expect(snapshots == 5)
+            let unknown = try await DaemonProcess.run(["resync", "--subscriber", "nobody"], environment: environment)
+            #expect(unknown.status == 1 && unknown.stderr.contains("no subscriber named 'nobody'"), "\(unknown.stderr)")
+            let badChunk = try await DaemonProcess.run(["resync", "--subscriber", "warehouse", "--chunk", "0"], environment: environment)
+            #expect(badChunk.status != 0 && badChunk.stderr.contains("--chunk must be between 1 and 10000"), "\(badChunk.stderr)")
+        }
+    }
 }
