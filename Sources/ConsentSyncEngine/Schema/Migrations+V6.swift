@@ -264,7 +264,10 @@ extension Migrations {
         -- The receiver's own verdict, when it answered {"applied": true|false, "reason": "…"}.
         ADD COLUMN applied boolean,
         ADD COLUMN applied_reason text;
-    CREATE INDEX deliveries_by_change ON consent_sync.deliveries (change_id);
+    -- A change's deliveries: originals through deliveries_one_original (change_id first),
+    -- replays through this one. Partial, so that the hot path (every delivery is inserted and
+    -- updated several times, never HOT) maintains no extra index.
+    CREATE INDEX deliveries_replays_by_change ON consent_sync.deliveries (change_id) WHERE replay_of IS NOT NULL;
 
     ALTER TABLE consent_sync.attempts
         ADD COLUMN applied boolean,

@@ -15,7 +15,7 @@ extension DeliveryStore {
                 fresh: """
                     SELECT DISTINCT d.subscriber_id, d.subject
                     FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id AND s.newest_wins
-                    WHERE d.change_id BETWEEN $1::bigint AND $2::bigint
+                    WHERE d.change_id BETWEEN $1::bigint AND $2::bigint AND d.replay_of IS NULL
                     """,
                 [String(changes.lowerBound), String(changes.upperBound)],
                 on: connection

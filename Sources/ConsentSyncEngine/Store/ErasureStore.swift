@@ -88,18 +88,24 @@ public enum ErasureStore {
                 let parameters = [try row.string("subject"), try row.string("subject_hash"), try row.string("change_id")]
                 try await connection.query(
                     """
+                    WITH erased AS (SELECT id FROM consent_sync.changes WHERE subject = $1 AND id <= $2::bigint)
                     UPDATE consent_sync.attempts a SET response_excerpt = NULL, applied_reason = NULL
-                    FROM consent_sync.deliveries d JOIN consent_sync.changes c ON c.id = d.change_id
-                    WHERE a.delivery_id = d.id AND c.subject = $1 AND c.id <= $2::bigint
-                      AND (a.response_excerpt IS NOT NULL OR a.applied_reason IS NOT NULL)
+                    WHERE (a.response_excerpt IS NOT NULL OR a.applied_reason IS NOT NULL)
+                      AND a.delivery_id IN (
+                          SELECT d.id FROM consent_sync.deliveries d WHERE d.change_id IN (SELECT id FROM erased) AND d.replay_of IS NULL
+                          UNION ALL
+                          SELECT d.id FROM consent_sync.deliveries d WHERE d.change_id IN (SELECT id FROM erased) AND d.replay_of IS NOT NULL)
                     """,
                     [parameters[0], parameters[2]]
                 )
                 try await connection.query(
                     """
+                    WITH erased AS (SELECT id FROM consent_sync.changes WHERE subject = $1 AND id <= $3::bigint)
                     UPDATE consent_sync.deliveries d SET subject = $2, applied_reason = NULL
-                    FROM consent_sync.changes c
-                    WHERE c.id = d.change_id AND c.subject = $1 AND c.id <= $3::bigint
+                    WHERE d.id IN (
+                        SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM erased) AND x.replay_of IS NULL
+                        UNION ALL
+                        SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM erased) AND x.replay_of IS NOT NULL)
                     """,
                     parameters
                 )

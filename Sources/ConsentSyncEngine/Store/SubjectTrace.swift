@@ -62,7 +62,12 @@ public struct SubjectTrace: Sendable, Codable, Equatable {
                    d.next_attempt_at = 'infinity' AS parked,
                    CASE WHEN d.next_attempt_at <> 'infinity' THEN extract(epoch FROM d.next_attempt_at)::double precision END AS next_attempt_at
             FROM consent_sync.changes c
-            LEFT JOIN consent_sync.deliveries d ON d.change_id = c.id
+            LEFT JOIN LATERAL (
+                -- Originals and replays, each through its own (partial) index.
+                SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id AND x.replay_of IS NULL
+                UNION ALL
+                SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id AND x.replay_of IS NOT NULL
+            ) d ON true
             LEFT JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
             WHERE c.subject = ANY ($1::text[])
             ORDER BY c.id, s.name, d.id
