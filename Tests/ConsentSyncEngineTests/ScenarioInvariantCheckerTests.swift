@@ -13,11 +13,15 @@ struct InvariantCheckerTests {
                 let receiver = try await scenario.addReceiver("crm")
                 try await scenario.startDaemons(1)
                 var plan = ScenarioWriter.Plan.steady(seconds: 2, rowsPerSecond: 40)
-                plan.rollbackRatio = 0.3
-                // Few subjects, so that some subject surely has two deliveries to swap below, however
-                // few rows a loaded machine gets through in 2 s (24 subjects once left every one with one).
+                // Sized by rows, not time: a loaded CI machine once got so few rows through in 2 s that
+                // no transaction was rolled back, or every one of 24 subjects had a single delivery.
+                // 40 committed single-row transactions over 2 subjects, about 40 % rolled back.
                 plan.writers = 1
                 plan.subjectsPerWriter = 2
+                plan.maxRowsPerTransaction = 1
+                plan.rollbackRatio = 0.4
+                plan.maxRows = 40
+                plan.duration = .seconds(60)
                 let written = await ScenarioWriter.run(plan, on: database, seed: scenario.seed)
                 let outcome = try await scenario.finish(writer: written)
                 #expect(outcome.report.isClean, "\(outcome.report)")
