@@ -74,7 +74,7 @@ struct WatchCommand: AsyncParsableCommand {
                 return try await WatchStore.add(definition, on: connection)
             }
             logger.notice("watching table", metadata: ["table": "\(definition.qualifiedName)", "watch": "\(watch.id)", "actor": "\(operatorActor())"])
-            print("watching \(definition.qualifiedName): its changes are captured from now on (trigger consent_sync_capture, function consent_sync.capture_\(watch.id))")
+            print("watching \(definition.qualifiedName): its changes are captured from now on (triggers consent_sync_capture and consent_sync_capture_update, function consent_sync.capture_\(watch.id))")
             print("captured columns: \(List.describe(watch.definition))")
         }
     }

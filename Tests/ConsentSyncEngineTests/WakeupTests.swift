@@ -20,6 +20,8 @@ struct WakeupTests {
                 try await waitUntil("the relay says it is idle") {
                     try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners WHERE idle") }.count == 1
                 }
+                // What the capture trigger reads: the number of idle daemons.
+                #expect(try await database.withConnection(Self.idleFlag) == 1)
                 // Only a NOTIFY can deliver this within the test: the poll is an hour away.
                 try await ConsentWriter(database: database).set("idle-1", "email", .granted)
                 try await receiver.waitForRequests(count: 1, timeout: .seconds(10))
@@ -32,7 +34,12 @@ struct WakeupTests {
             // A stopped daemon removes its row: nobody to notify, so writers do not.
             let rows = try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners") }
             #expect(rows.isEmpty)
+            #expect(try await database.withConnection(Self.idleFlag) == 0)
         }
+    }
+
+    static func idleFlag(_ connection: PostgresConnection) async throws -> Int {
+        try await connection.query("SELECT pg_sequence_last_value('consent_sync.idle_listeners') AS n").first?.int("n") ?? -1
     }
 
     @Test func aBusyDaemonIsNotNotifiedForEveryChange() async throws {

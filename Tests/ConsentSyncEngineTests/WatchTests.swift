@@ -58,7 +58,7 @@ struct WatchTests {
             #expect(before.count == 1, "only the default table is watched")
 
             let watch = try await database.withConnection { try await WatchStore.add(Self.definition(), on: $0) }
-            #expect(try await database.withConnection(Self.triggerCount) == 1)
+            #expect(try await database.withConnection(Self.triggerCount) == 2, "consent_sync_capture and consent_sync_capture_update")
             let listed = try await database.withConnection(WatchStore.list(on:))
             #expect(listed.map(\.definition.qualifiedName).sorted() == ["app.marketing_prefs", "consent_sync.consents"])
             #expect(listed.first { $0.id == watch.id }?.definition == Self.definition())
@@ -146,6 +146,53 @@ struct WatchTests {
         }
     }
 
+    /// The capture function runs with the schema owner's rights (SECURITY DEFINER) but, to stay
+    /// cheap, without a `SET search_path`: every name in it is qualified. A writer whose
+    /// search_path puts its own `left`, `||` and `text` before pg_catalog changes nothing.
+    @Test func aWritersSearchPathCannotRedirectTheCaptureFunction() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute(Self.applicationTable)
+                _ = try await WatchStore.add(Self.definition(), on: connection)
+                try await connection.execute(
+                    """
+                    CREATE SCHEMA evil;
+                    CREATE FUNCTION evil.left(text, integer) RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked-left' $$;
+                    CREATE FUNCTION evil.cat(text, text) RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked-cat' $$;
+                    CREATE OPERATOR evil.|| (leftarg = text, rightarg = text, function = evil.cat);
+                    CREATE FUNCTION evil.texteq(text, text) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
+                    CREATE OPERATOR evil.= (leftarg = text, rightarg = text, function = evil.texteq);
+                    CREATE TYPE evil.text AS (hijacked integer);
+                    """
+                )
+            }
+            try await database.withConnection { connection in
+                try await connection.execute(
+                    """
+                    BEGIN;
+                    SET LOCAL search_path = evil, pg_catalog, public;
+                    INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted, email) VALUES (3, '\(Self.customer)', 'email', 'yes', 'a@example.org');
+                    DELETE FROM app.marketing_prefs;
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status) VALUES ('plain', 'sms', 'denied');
+                    COMMIT;
+                    """
+                )
+            }
+            let rows = try await database.withConnection { connection in
+                try await connection.query("SELECT operation, subject, purpose, status, previous_status, attributes::text AS attributes FROM consent_sync.changes ORDER BY id")
+            }
+            let seen = try rows.map { row in
+                [try row.string("operation"), try row.string("subject"), try row.string("purpose"),
+                 row.optionalString("status") ?? "-", row.optionalString("previous_status") ?? "-", row.optionalString("attributes") ?? "-"]
+            }
+            #expect(seen == [
+                ["INSERT", "3:\(Self.customer)", "email", "yes", "-", #"{"email": "a@example.org"}"#],
+                ["DELETE", "3:\(Self.customer)", "email", "-", "yes", #"{"email": "a@example.org"}"#],
+                ["INSERT", "plain", "sms", "denied", "-", "-"],
+            ], "\(seen)")
+        }
+    }
+
     @Test func hostileNamesAreQuotedOrRefusedClearly() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             try await database.withConnection { connection in
@@ -155,9 +202,9 @@ struct WatchTests {
             try await database.withConnection { try await WatchStore.add(odd, on: $0) }
             let captured = try await database.withConnection { connection in
                 try await connection.execute(#"INSERT INTO public."Odd ""Prefs""; --" VALUES ('s1', 'email', 'granted')"#)
-                return try await connection.query("SELECT subject, purpose, event_type FROM consent_sync.changes").map { try $0.string("subject") + "/" + $0.string("purpose") + "/" + $0.string("event_type") }
+                return try await connection.query("SELECT subject, purpose, status FROM consent_sync.changes").map { try $0.string("subject") + "/" + $0.string("purpose") + "/" + $0.string("status") }
             }
-            #expect(captured == ["s1/email/consent.granted"])
+            #expect(captured == ["s1/email/granted"])
 
             for (table, expected) in [
                 ("x; DROP TABLE consent_sync.changes", "does not exist"),

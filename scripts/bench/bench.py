@@ -515,6 +515,13 @@ def purposes_array():
     return "ARRAY[" + ",".join(f"'{p}'" for p in PURPOSES) + "]"
 
 
+def capture_triggers(action):
+    """ENABLE or DISABLE the capture triggers of the default table (one before schema 7, two since)."""
+    return (f"ALTER TABLE consent_sync.consents {action} TRIGGER consent_sync_capture; "
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'consent_sync_capture_update') THEN "
+            f"ALTER TABLE consent_sync.consents {action} TRIGGER consent_sync_capture_update; END IF; END $$")
+
+
 def pgbench_script(path, keys, source):
     with open(path, "w") as f:
         f.write(f"""\\set k random(0, {keys - 1})
@@ -1181,13 +1188,13 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         os.makedirs(workdir)
         try:
             # every key exists already (written without the trigger), so the runs are updates
-            self.pg.psql("ALTER TABLE consent_sync.consents DISABLE TRIGGER consent_sync_capture", db)
+            self.pg.psql(capture_triggers("DISABLE"), db)
             self.fill(db, self.keys, "bench-preload")
             self.pg.psql("VACUUM ANALYZE consent_sync.consents; CHECKPOINT", db)
             script = pgbench_script(os.path.join(workdir, "upsert.sql"), self.keys, "bench-producer")
             for clients in self.args.producer_clients:
                 for trigger in (True, False):
-                    self.pg.psql(f"ALTER TABLE consent_sync.consents {'ENABLE' if trigger else 'DISABLE'} TRIGGER consent_sync_capture", db)
+                    self.pg.psql(capture_triggers("ENABLE" if trigger else "DISABLE"), db)
                     argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients),
                             "-j", str(min(clients, 2)), "-T", str(self.args.producer_seconds)]
                     changes0 = self.changes(db)
@@ -1207,7 +1214,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                         f"{figures.get('latency_avg_ms')} ms average")
                     self.record(result)
                     self.pg.psql("CHECKPOINT", db)
-            self.pg.psql("ALTER TABLE consent_sync.consents ENABLE TRIGGER consent_sync_capture", db)
+            self.pg.psql(capture_triggers("ENABLE"), db)
         finally:
             if not self.args.keep_databases:
                 self.pg.drop_db(db)

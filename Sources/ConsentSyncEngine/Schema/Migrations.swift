@@ -23,6 +23,7 @@ public enum Migrations {
         Migration(version: 4, name: "signing secrets with expiry for rotation, encrypted at rest", sql: v4),
         Migration(version: 5, name: "length limits on the default consent table", sql: v5),
         Migration(version: 6, name: "watched tables, minimisation, pseudonymous ids, newest-wins, snapshots, receipts, erasure", sql: v6),
+        Migration(version: 7, name: "a cheaper capture trigger: the fan-out maps statuses and finds problems", sql: v7),
     ]
 
     static let v1 = #"""

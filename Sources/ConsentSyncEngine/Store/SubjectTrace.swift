@@ -54,7 +54,8 @@ public struct SubjectTrace: Sendable, Codable, Equatable {
         let hashed = try await ErasureStore.subjectHash(subject, on: connection)
         let rows = try await connection.query(
             """
-            SELECT c.id, c.event_id, c.event_type, c.table_name, c.purpose, c.status, c.previous_status, c.problem,
+            -- Not yet fanned out: no event id and type yet (the fan-out names them).
+            SELECT c.id, coalesce(c.event_id::text, '') AS event_id, coalesce(c.event_type, 'captured') AS event_type, c.table_name, c.purpose, c.status, c.previous_status, c.problem,
                    extract(epoch FROM c.changed_at)::double precision AS changed_at, c.erased_at IS NOT NULL AS erased,
                    c.fanned_out, d.id AS delivery_id, s.name AS subscriber, s.state AS subscriber_state, s.state_reason,
                    d.state, d.attempts, d.last_status, d.last_error, d.applied, d.applied_reason, d.replay_of, d.superseded_by,
