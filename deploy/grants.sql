@@ -5,7 +5,8 @@
 -- role needs no rights on the outbox: only on the consent table it writes.
 GRANT USAGE ON SCHEMA consent_sync TO consent_sync;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA consent_sync TO consent_sync;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA consent_sync TO consent_sync;
+-- UPDATE: the daemons set the idle flag (a sequence) that the capture trigger reads.
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA consent_sync TO consent_sync;
 -- resync reads watched tables through this function, with the owner's rights.
 GRANT EXECUTE ON FUNCTION consent_sync.resync_chunk(bigint, bigint, jsonb, integer) TO consent_sync;
 GRANT USAGE ON SCHEMA consent_sync TO :"app";

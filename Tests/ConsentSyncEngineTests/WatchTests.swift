@@ -94,15 +94,28 @@ struct WatchTests {
                 }
             }
 
+            // Captured while no daemon runs, then the watch is removed: the change is completed
+            // with the watch's status map before the map goes (the fan-out would not know 'no').
+            try await database.withConnection { connection in
+                try await connection.execute("INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (9, '\(Self.customer)', 'sms', 'no')")
+            }
+
             // Removed: the trigger is gone and later changes are not captured.
             let removed = try await database.withConnection { try await WatchStore.remove(schema: "app", table: "marketing_prefs", on: $0) }
             #expect(removed)
             #expect(try await database.withConnection(Self.triggerCount) == 0)
+            let completed = try await database.withConnection { connection in
+                try await connection.query("SELECT event_type, status, problem FROM consent_sync.changes WHERE NOT fanned_out")
+            }
+            #expect(completed.count == 1)
+            #expect(completed.first?.optionalString("event_type") == "consent.denied")
+            #expect(completed.first?.optionalString("status") == "denied")
+            #expect(completed.first?.optionalString("problem") == nil)
             let captured = try await database.withConnection { connection in
                 try await connection.execute("INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (8, gen_random_uuid(), 'sms', 'yes')")
                 return try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE table_name = 'app.marketing_prefs'").first?.int("n")
             }
-            #expect(captured == 4, "the insert after 'watch remove' was captured")
+            #expect(captured == 5, "the insert after 'watch remove' was captured")
             let removedTwice = try await database.withConnection { try await WatchStore.remove(schema: "app", table: "marketing_prefs", on: $0) }
             #expect(removedTwice == false)
         }

@@ -83,44 +83,8 @@ enum DeliveryStore {
             PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)]),
             PostgresStatement(
                 """
-                WITH raw AS (
-                    SELECT c.id, c.subject, c.purpose, c.event_type, c.target_subscriber_id, c.operation, c.status,
-                           c.previous_status, c.problem, c.event_id, w.subject_columns, w.purpose_column, w.status_column,
-                           w.status_map, consent_sync.map_status(w.status_map, c.status) AS mapped,
-                           consent_sync.map_status(w.status_map, c.previous_status) AS mapped_previous
-                    FROM consent_sync.changes c LEFT JOIN consent_sync.watches w ON w.id = c.watch_id
-                    WHERE NOT c.fanned_out ORDER BY c.id LIMIT $1::integer
-                ), checked AS (
-                    -- The capture trigger only copied the row (event_type NULL): name the event
-                    -- and say why it cannot be sent, if so. Rows written complete (snapshots,
-                    -- erasures, rows captured before schema 7) pass as they are.
-                    SELECT r.*, CASE WHEN r.event_type IS NULL THEN CASE
-                        WHEN r.purpose = '' THEN format('the purpose (column %s) is NULL or empty', r.purpose_column)
-                        WHEN length(r.purpose) > 128 THEN format('the purpose is %s characters long; at most 128 are accepted', length(r.purpose))
-                        WHEN r.subject = '' THEN format('the subject id (column %s) is NULL or empty', array_to_string(r.subject_columns, ', '))
-                        WHEN length(r.subject) > 512 THEN 'the subject id is longer than 512 characters; at most 512 are accepted'
-                        WHEN r.operation <> 'DELETE' AND r.mapped IS NULL THEN format('status %s in column %s is not one of %s',
-                            coalesce(quote_literal(left(r.status, 100)), 'NULL'), r.status_column,
-                            CASE WHEN r.status_map IS NULL THEN 'granted, denied, withdrawn'
-                                 ELSE (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(r.status_map) AS k) END)
-                    END END AS found_problem
-                    FROM raw r
-                ), batch AS (
-                    SELECT k.id, k.target_subscriber_id, coalesce(k.event_id, gen_random_uuid()) AS event_id,
-                           CASE WHEN k.event_type IS NULL THEN left(k.subject, 512) ELSE k.subject END AS subject,
-                           CASE WHEN k.event_type IS NULL THEN left(k.purpose, 128) ELSE k.purpose END AS purpose,
-                           CASE WHEN k.event_type IS NOT NULL THEN k.event_type
-                                WHEN k.found_problem IS NOT NULL THEN 'consent.invalid'
-                                WHEN k.operation = 'DELETE' THEN 'consent.deleted'
-                                ELSE 'consent.' || k.mapped END AS event_type,
-                           CASE WHEN k.event_type IS NOT NULL THEN k.status WHEN k.operation = 'DELETE' THEN NULL ELSE k.mapped END AS status,
-                           CASE WHEN k.event_type IS NOT NULL THEN k.previous_status ELSE k.mapped_previous END AS previous_status,
-                           coalesce(k.problem, k.found_problem) AS problem
-                    FROM checked k
-                ), marked AS (
-                    UPDATE consent_sync.changes c
-                    SET fanned_out = true, event_id = b.event_id, subject = b.subject, purpose = b.purpose,
-                        event_type = b.event_type, status = b.status, previous_status = b.previous_status, problem = b.problem
+                WITH \(completion(of: "NOT c.fanned_out ORDER BY c.id LIMIT $1::integer")), marked AS (
+                    UPDATE consent_sync.changes c SET fanned_out = true, \(completedColumns)
                     FROM batch b
                     WHERE c.id = ANY (ARRAY(SELECT id FROM batch)) AND c.id = b.id
                 ), pairs AS (
@@ -154,6 +118,54 @@ enum DeliveryStore {
             ),
         ]
     }
+
+    /// The CTEs `raw`, `checked` and `batch` that complete outbox rows as the capture trigger
+    /// left them (event_type NULL: the table's own status values, no event id): event id and
+    /// type, statuses mapped through the watch, and why the row cannot be sent, if so. Rows
+    /// written complete (snapshots, erasures, rows captured before schema 7) pass as they
+    /// are. `rows` picks the outbox rows (alias `c`); `batch` has the completed columns.
+    static func completion(of rows: String) -> String {
+        """
+        raw AS (
+            SELECT c.id, c.subject, c.purpose, c.event_type, c.target_subscriber_id, c.operation, c.status,
+                   c.previous_status, c.problem, c.event_id, w.subject_columns, w.purpose_column, w.status_column,
+                   w.status_map, consent_sync.map_status(w.status_map, c.status) AS mapped,
+                   consent_sync.map_status(w.status_map, c.previous_status) AS mapped_previous
+            FROM consent_sync.changes c LEFT JOIN consent_sync.watches w ON w.id = c.watch_id
+            WHERE \(rows)
+        ), checked AS (
+            SELECT r.*, CASE WHEN r.event_type IS NULL THEN CASE
+                WHEN r.purpose = '' THEN format('the purpose (column %s) is NULL or empty', r.purpose_column)
+                WHEN length(r.purpose) > 128 THEN format('the purpose is %s characters long; at most 128 are accepted', length(r.purpose))
+                WHEN r.subject = '' THEN format('the subject id (column %s) is NULL or empty', array_to_string(r.subject_columns, ', '))
+                WHEN length(r.subject) > 512 THEN 'the subject id is longer than 512 characters; at most 512 are accepted'
+                WHEN r.operation <> 'DELETE' AND r.mapped IS NULL THEN format('status %s in column %s is not one of %s',
+                    coalesce(quote_literal(left(r.status, 100)), 'NULL'), r.status_column,
+                    CASE WHEN r.status_map IS NULL THEN 'granted, denied, withdrawn'
+                         ELSE (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(r.status_map) AS k) END)
+            END END AS found_problem
+            FROM raw r
+        ), batch AS (
+            SELECT k.id, k.target_subscriber_id, coalesce(k.event_id, gen_random_uuid()) AS event_id,
+                   CASE WHEN k.event_type IS NULL THEN left(k.subject, 512) ELSE k.subject END AS subject,
+                   CASE WHEN k.event_type IS NULL THEN left(k.purpose, 128) ELSE k.purpose END AS purpose,
+                   CASE WHEN k.event_type IS NOT NULL THEN k.event_type
+                        WHEN k.found_problem IS NOT NULL THEN 'consent.invalid'
+                        WHEN k.operation = 'DELETE' THEN 'consent.deleted'
+                        ELSE 'consent.' || k.mapped END AS event_type,
+                   CASE WHEN k.event_type IS NOT NULL THEN k.status WHEN k.operation = 'DELETE' THEN NULL ELSE k.mapped END AS status,
+                   CASE WHEN k.event_type IS NOT NULL THEN k.previous_status ELSE k.mapped_previous END AS previous_status,
+                   coalesce(k.problem, k.found_problem) AS problem
+            FROM checked k
+        )
+        """
+    }
+
+    /// The outbox columns that ``completion(of:)`` fills in, as `SET` assignments from `batch b`.
+    static let completedColumns = """
+        event_id = b.event_id, subject = b.subject, purpose = b.purpose, event_type = b.event_type,
+        status = b.status, previous_status = b.previous_status, problem = b.problem
+        """
 
     /// What one fan-out did; `newChanges` is set when a subscriber in newest-wins mode may have
     /// older deliveries to supersede (``supersede(changes:on:)``).

@@ -234,7 +234,17 @@ public enum WatchStore {
                 [schema, table]
             )
             guard let id = try rows.first?.int64("id") else { return false }
+            // Dropping the trigger waited for every transaction that captured a change of the
+            // table; complete their rows now, while the watch's status map is still here.
             try await connection.query("SELECT consent_sync.uninstall_watch($1::bigint)", [String(id)])
+            try await connection.query(
+                """
+                WITH \(DeliveryStore.completion(of: "c.watch_id = $1::bigint AND NOT c.fanned_out AND c.event_type IS NULL"))
+                UPDATE consent_sync.changes c SET \(DeliveryStore.completedColumns)
+                FROM batch b WHERE c.id = b.id
+                """,
+                [String(id)]
+            )
             try await connection.query("DELETE FROM consent_sync.watches WHERE id = $1::bigint", [String(id)])
             return true
         }
