@@ -105,7 +105,7 @@ struct WatchTests {
             #expect(removed)
             #expect(try await database.withConnection(Self.triggerCount) == 0)
             let completed = try await database.withConnection { connection in
-                try await connection.query("SELECT event_type, status, problem FROM consent_sync.changes WHERE NOT fanned_out")
+                try await connection.query("SELECT event_type, status, problem FROM consent_sync.captured")
             }
             #expect(completed.count == 1)
             #expect(completed.first?.optionalString("event_type") == "consent.denied")
@@ -113,7 +113,12 @@ struct WatchTests {
             #expect(completed.first?.optionalString("problem") == nil)
             let captured = try await database.withConnection { connection in
                 try await connection.execute("INSERT INTO app.marketing_prefs (tenant, customer_ref, channel, opted) VALUES (8, gen_random_uuid(), 'sms', 'yes')")
-                return try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE table_name = 'app.marketing_prefs'").first?.int("n")
+                return try await connection.query(
+                    """
+                    SELECT (SELECT count(*) FROM consent_sync.changes WHERE table_name = 'app.marketing_prefs')
+                         + (SELECT count(*) FROM consent_sync.captured WHERE table_name = 'app.marketing_prefs') AS n
+                    """
+                ).first?.int("n")
             }
             #expect(captured == 5, "the insert after 'watch remove' was captured")
             let removedTwice = try await database.withConnection { try await WatchStore.remove(schema: "app", table: "marketing_prefs", on: $0) }
@@ -192,7 +197,7 @@ struct WatchTests {
                 )
             }
             let rows = try await database.withConnection { connection in
-                try await connection.query("SELECT operation, subject, purpose, status, previous_status, attributes::text AS attributes FROM consent_sync.changes ORDER BY id")
+                try await connection.query("SELECT operation, subject, purpose, status, previous_status, attributes::text AS attributes FROM consent_sync.captured ORDER BY id")
             }
             let seen = try rows.map { row in
                 [try row.string("operation"), try row.string("subject"), try row.string("purpose"),
@@ -215,7 +220,7 @@ struct WatchTests {
             try await database.withConnection { try await WatchStore.add(odd, on: $0) }
             let captured = try await database.withConnection { connection in
                 try await connection.execute(#"INSERT INTO public."Odd ""Prefs""; --" VALUES ('s1', 'email', 'granted')"#)
-                return try await connection.query("SELECT subject, purpose, status FROM consent_sync.changes").map { try $0.string("subject") + "/" + $0.string("purpose") + "/" + $0.string("status") }
+                return try await connection.query("SELECT subject, purpose, status FROM consent_sync.captured").map { try $0.string("subject") + "/" + $0.string("purpose") + "/" + $0.string("status") }
             }
             #expect(captured == ["s1/email/granted"])
 
@@ -230,7 +235,7 @@ struct WatchTests {
             let wrongType = WatchDefinition(schema: "consent_sync", table: "changes", subjectColumns: ["attributes"], purposeColumn: "purpose", statusColumn: "status")
             let error = await errorThrown { try await database.withConnection { try await WatchStore.add(wrongType, on: $0) } }
             #expect("\(error.map { "\($0)" } ?? "")".contains("has type jsonb, which cannot hold a subject id"), "\(String(describing: error))")
-            let outbox = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.changes").first?.int("n") }
+            let outbox = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.captured").first?.int("n") }
             #expect(outbox == 1, "the outbox is intact")
 
             #expect(throws: WatchError.self) { try WatchDefinition.parseStatusMap("yes=granted,no=nope") }

@@ -515,6 +515,10 @@ def purposes_array():
     return "ARRAY[" + ",".join(f"'{p}'" for p in PURPOSES) + "]"
 
 
+# changes captured but not yet fanned out: the capture queue (schema 7) and outbox rows written directly
+UNFANNED = "SELECT (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out) + (SELECT count(*) FROM consent_sync.captured)"
+
+
 def capture_triggers(action):
     """ENABLE or DISABLE the capture triggers of the default table (one before schema 7, two since)."""
     return (f"ALTER TABLE consent_sync.consents {action} TRIGGER consent_sync_capture; "
@@ -651,7 +655,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         self.fill_offsets[db] = end
 
     def changes(self, db):
-        return int(self.pg.value("SELECT count(*) FROM consent_sync.changes", db))
+        return int(self.pg.value("SELECT (SELECT count(*) FROM consent_sync.changes) + (SELECT count(*) FROM consent_sync.captured)", db))
 
     def installation_prefix(self, db):
         return self.pg.value("SELECT value FROM consent_sync.meta WHERE key = 'installation_id'", db)[:8]
@@ -692,7 +696,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         deadline = time.time() + 60
         while time.time() < deadline:
             open_ = int(self.pg.value("SELECT (SELECT count(*) FROM consent_sync.deliveries WHERE state IN ('pending', 'in_flight'))"
-                                      " + (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out)", db))
+                                      " + (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out) + (SELECT count(*) FROM consent_sync.captured)", db))
             if open_ == 0:
                 break
             time.sleep(0.05)
@@ -744,7 +748,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             problems.append(f"{missing_pairs} (change, subscriber) pairs have no delivery")
         if not_delivered:
             problems.append(f"{not_delivered} deliveries are not 'delivered'")
-        unfanned = int(self.pg.value("SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out", db))
+        unfanned = int(self.pg.value(UNFANNED, db))
         if unfanned:
             problems.append(f"{unfanned} changes were never fanned out")
         failed_attempts = int(self.pg.value("SELECT count(*) FROM consent_sync.attempts WHERE status IS DISTINCT FROM 204", db))
@@ -897,7 +901,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 pre = Daemon(self, db, os.path.join(self.out, f"daemon-{db}-fanout.log"))
                 pre.start()
                 deadline = time.time() + max(300, total / 200)
-                while int(self.pg.value("SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out", db)) > 0:
+                while int(self.pg.value(UNFANNED, db)) > 0:
                     pre.check_alive()
                     if time.time() > deadline:
                         raise BenchError(f"{label}: fan-out of the backlog did not finish")

@@ -1,6 +1,7 @@
 extension Migrations {
     /// A cheaper capture trigger: the application's transaction only copies the captured
-    /// columns; the fan-out maps statuses, finds problems and names the event type.
+    /// columns into a narrow queue; the fan-out maps statuses, finds problems, names the event
+    /// type and moves the row into the outbox.
     ///
     /// Measured with pgbench upserts on the default table (issue 4): the v6 trigger cost half
     /// of the no-trigger write rate at 16 clients. What it did per row, each evaluated in the
@@ -41,17 +42,31 @@ extension Migrations {
     END
     $fn$;
 
-    -- The capture trigger inserts only what it copied; the fan-out completes the row. A row
-    -- with event_type NULL still holds the raw status values of the table (status: new,
+    -- The capture queue: what the capture trigger copied, until the fan-out moves it into
+    -- consent_sync.changes, completed (event id and type, mapped statuses, problem), and
+    -- deletes it here. Narrow and with one index, so the application's insert is cheap, and
+    -- outbox rows are written once instead of inserted and then updated (never HOT: the
+    -- update moved them out of a partial index). Ids come from the outbox's sequence.
+    -- A row with event_type NULL holds the table's own status values (status: new,
     -- previous_status: old), a subject cut to 513 characters (the fan-out says "longer than
-    -- 512") and the purpose as it was.
-    ALTER TABLE consent_sync.changes
-        ALTER COLUMN event_type DROP NOT NULL,
-        ALTER COLUMN event_id DROP NOT NULL,
-        ALTER COLUMN event_id DROP DEFAULT,
-        DROP CONSTRAINT changes_operation_check,
-        DROP CONSTRAINT changes_target_subscriber_id_fkey;
-    UPDATE consent_sync.changes SET event_id = gen_random_uuid() WHERE event_id IS NULL;
+    -- 512") and the purpose as it was. Snapshots and erasures are still written to
+    -- consent_sync.changes directly (fanned_out = false); the fan-out takes both, in id order.
+    CREATE TABLE consent_sync.captured (
+        id                   bigint      PRIMARY KEY DEFAULT nextval('consent_sync.changes_id_seq'),
+        watch_id             bigint,
+        table_name           text        NOT NULL,
+        operation            text        NOT NULL,
+        event_type           text,
+        subject              text        NOT NULL,
+        purpose              text        NOT NULL,
+        status               text,
+        previous_status      text,
+        source               text,
+        attributes           jsonb,
+        problem              text,
+        txid                 xid8        NOT NULL DEFAULT pg_current_xact_id(),
+        changed_at           timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
 
     -- (Re)creates the capture function consent_sync.capture_<id>() of one watch and its two
     -- triggers: consent_sync_capture (INSERT, DELETE) and consent_sync_capture_update (an
@@ -100,11 +115,11 @@ extension Migrations {
         body := format($body$
     BEGIN
         IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-            INSERT INTO consent_sync.changes (watch_id, table_name, operation, subject, purpose, previous_status, source, attributes)
+            INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, previous_status, source, attributes)
             VALUES (%1$s, %2$L, 'DELETE', COALESCE(pg_catalog.left(%3$s, 513), ''), COALESCE(OLD.%5$I::pg_catalog.text, ''),
                     OLD.%6$I::pg_catalog.text, %7$s, %9$s);
         ELSE
-            INSERT INTO consent_sync.changes (watch_id, table_name, operation, subject, purpose, status, previous_status, source, attributes)
+            INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, status, previous_status, source, attributes)
             VALUES (%1$s, %2$L, TG_OP, COALESCE(pg_catalog.left(%4$s, 513), ''), COALESCE(NEW.%5$I::pg_catalog.text, ''),
                     NEW.%6$I::pg_catalog.text, OLD.%6$I::pg_catalog.text, %8$s, %10$s);
         END IF;

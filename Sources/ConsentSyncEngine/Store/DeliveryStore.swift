@@ -78,15 +78,40 @@ enum DeliveryStore {
 
     /// The fan-out as one transaction: the exclusive lock (before the statement's snapshot),
     /// then the batch. Its second statement's rows go to ``fanOutResult(_:)``.
+    ///
+    /// A batch is the lowest ids of the capture queue (`captured`: rows the trigger copied)
+    /// and of the outbox rows written there directly (snapshots, erasures: `NOT fanned_out`).
+    /// Queued rows are completed, moved into the outbox and deleted from the queue; outbox
+    /// rows are completed in place. Every visible row is taken, whatever its id: no watermark.
     static func fanOutStatements(limit: Int) -> [PostgresStatement] {
         [
             PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)]),
             PostgresStatement(
                 """
-                WITH \(completion(of: "NOT c.fanned_out ORDER BY c.id LIMIT $1::integer")), marked AS (
-                    UPDATE consent_sync.changes c SET fanned_out = true, \(completedColumns)
+                WITH picked AS (
+                    SELECT id, queued FROM (
+                        (SELECT q.id, true AS queued FROM consent_sync.captured q ORDER BY q.id LIMIT $1::integer)
+                        UNION ALL
+                        (SELECT c.id, false AS queued FROM consent_sync.changes c WHERE NOT c.fanned_out ORDER BY c.id LIMIT $1::integer)
+                    ) u ORDER BY id LIMIT $1::integer
+                ), taken AS (
+                    DELETE FROM consent_sync.captured q WHERE q.id = ANY (ARRAY(SELECT id FROM picked WHERE queued))
+                    RETURNING \(queueColumns("q"))
+                ), source AS (
+                    SELECT * FROM taken
+                    UNION ALL
+                    SELECT \(outboxColumns("c"))
+                    FROM consent_sync.changes c WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued))
+                ), \(completion(of: "source")), moved AS (
+                    INSERT INTO consent_sync.changes (id, event_id, watch_id, table_name, operation, event_type, subject, purpose,
+                        status, previous_status, source, attributes, problem, txid, changed_at, fanned_out)
+                    SELECT b.id, b.event_id, b.watch_id, b.table_name, b.operation, b.event_type, b.subject, b.purpose,
+                           b.status, b.previous_status, b.source, b.attributes, b.problem, b.txid, b.changed_at, true
+                    FROM batch b WHERE b.queued
+                ), marked AS (
+                    UPDATE consent_sync.changes c SET fanned_out = true, event_id = b.event_id, \(completedColumns)
                     FROM batch b
-                    WHERE c.id = ANY (ARRAY(SELECT id FROM batch)) AND c.id = b.id
+                    WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued)) AND c.id = b.id
                 ), pairs AS (
                     SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
                            row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
@@ -119,20 +144,36 @@ enum DeliveryStore {
         ]
     }
 
-    /// The CTEs `raw`, `checked` and `batch` that complete outbox rows as the capture trigger
-    /// left them (event_type NULL: the table's own status values, no event id): event id and
-    /// type, statuses mapped through the watch, and why the row cannot be sent, if so. Rows
-    /// written complete (snapshots, erasures, rows captured before schema 7) pass as they
-    /// are. `rows` picks the outbox rows (alias `c`); `batch` has the completed columns.
-    static func completion(of rows: String) -> String {
+    /// The columns of a queued row (`captured`, alias `alias`) in the shape ``completion(of:)`` reads.
+    static func queueColumns(_ alias: String) -> String {
+        """
+        \(alias).id, \(alias).watch_id, \(alias).table_name, \(alias).operation, \(alias).event_type, \(alias).subject, \
+        \(alias).purpose, \(alias).status, \(alias).previous_status, \(alias).source, \(alias).attributes, \(alias).problem, \
+        NULL::bigint AS target_subscriber_id, \(alias).txid, \(alias).changed_at, NULL::uuid AS event_id, true AS queued
+        """
+    }
+
+    /// The columns of an outbox row (`changes`, alias `alias`) in the same shape.
+    static func outboxColumns(_ alias: String) -> String {
+        """
+        \(alias).id, \(alias).watch_id, \(alias).table_name, \(alias).operation, \(alias).event_type, \(alias).subject, \
+        \(alias).purpose, \(alias).status, \(alias).previous_status, \(alias).source, \(alias).attributes, \(alias).problem, \
+        \(alias).target_subscriber_id, \(alias).txid, \(alias).changed_at, \(alias).event_id, false AS queued
+        """
+    }
+
+    /// The CTEs `raw`, `checked` and `batch` that complete rows as the capture trigger left
+    /// them (event_type NULL: the table's own status values, no event id): event id and type,
+    /// statuses mapped through the watch, and why the row cannot be sent, if so. Rows written
+    /// complete (snapshots, erasures, outbox rows of earlier versions) pass as they are.
+    /// `source` names a relation of rows shaped by ``queueColumns(_:)`` or ``outboxColumns(_:)``.
+    static func completion(of source: String) -> String {
         """
         raw AS (
-            SELECT c.id, c.subject, c.purpose, c.event_type, c.target_subscriber_id, c.operation, c.status,
-                   c.previous_status, c.problem, c.event_id, w.subject_columns, w.purpose_column, w.status_column,
-                   w.status_map, consent_sync.map_status(w.status_map, c.status) AS mapped,
+            SELECT c.*, w.subject_columns, w.purpose_column, w.status_column, w.status_map,
+                   consent_sync.map_status(w.status_map, c.status) AS mapped,
                    consent_sync.map_status(w.status_map, c.previous_status) AS mapped_previous
-            FROM consent_sync.changes c LEFT JOIN consent_sync.watches w ON w.id = c.watch_id
-            WHERE \(rows)
+            FROM \(source) c LEFT JOIN consent_sync.watches w ON w.id = c.watch_id
         ), checked AS (
             SELECT r.*, CASE WHEN r.event_type IS NULL THEN CASE
                 WHEN r.purpose = '' THEN format('the purpose (column %s) is NULL or empty', r.purpose_column)
@@ -146,7 +187,8 @@ enum DeliveryStore {
             END END AS found_problem
             FROM raw r
         ), batch AS (
-            SELECT k.id, k.target_subscriber_id, coalesce(k.event_id, gen_random_uuid()) AS event_id,
+            SELECT k.id, k.watch_id, k.table_name, k.operation, k.source, k.attributes, k.txid, k.changed_at, k.queued,
+                   k.target_subscriber_id, coalesce(k.event_id, gen_random_uuid()) AS event_id,
                    CASE WHEN k.event_type IS NULL THEN left(k.subject, 512) ELSE k.subject END AS subject,
                    CASE WHEN k.event_type IS NULL THEN left(k.purpose, 128) ELSE k.purpose END AS purpose,
                    CASE WHEN k.event_type IS NOT NULL THEN k.event_type
@@ -161,9 +203,10 @@ enum DeliveryStore {
         """
     }
 
-    /// The outbox columns that ``completion(of:)`` fills in, as `SET` assignments from `batch b`.
+    /// The columns that ``completion(of:)`` fills in (but the event id, which the queue has
+    /// not), as `SET` assignments from `batch b`.
     static let completedColumns = """
-        event_id = b.event_id, subject = b.subject, purpose = b.purpose, event_type = b.event_type,
+        subject = b.subject, purpose = b.purpose, event_type = b.event_type,
         status = b.status, previous_status = b.previous_status, problem = b.problem
         """
 

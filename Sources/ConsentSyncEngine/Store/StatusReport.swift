@@ -40,7 +40,9 @@ public struct StatusReport: Sendable, Codable {
             GROUP BY s.id ORDER BY s.name
             """
         )
-        let backlog = try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE NOT fanned_out")
+        let backlog = try await connection.query(
+            "SELECT (SELECT count(*) FROM consent_sync.captured) + (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out) AS n"
+        )
         let erasures = try await connection.query("SELECT count(*) AS n FROM consent_sync.erasures WHERE completed_at IS NULL")
         var report = StatusReport(
             changesNotFannedOut: try backlog.first?.int("n") ?? 0,

@@ -54,15 +54,23 @@ public struct SubjectTrace: Sendable, Codable, Equatable {
         let hashed = try await ErasureStore.subjectHash(subject, on: connection)
         let rows = try await connection.query(
             """
-            -- Not yet fanned out: no event id and type yet (the fan-out names them).
-            SELECT c.id, coalesce(c.event_id::text, '') AS event_id, coalesce(c.event_type, 'captured') AS event_type, c.table_name, c.purpose, c.status, c.previous_status, c.problem,
+            SELECT c.id, coalesce(c.event_id::text, '') AS event_id, c.event_type, c.table_name, c.purpose, c.status, c.previous_status, c.problem,
                    extract(epoch FROM c.changed_at)::double precision AS changed_at, c.erased_at IS NOT NULL AS erased,
                    c.fanned_out, d.id AS delivery_id, s.name AS subscriber, s.state AS subscriber_state, s.state_reason,
                    d.state, d.attempts, d.last_status, d.last_error, d.applied, d.applied_reason, d.replay_of, d.superseded_by,
                    extract(epoch FROM d.completed_at)::double precision AS completed_at,
                    d.next_attempt_at = 'infinity' AS parked,
                    CASE WHEN d.next_attempt_at <> 'infinity' THEN extract(epoch FROM d.next_attempt_at)::double precision END AS next_attempt_at
-            FROM consent_sync.changes c
+            FROM (
+                SELECT id, event_id, event_type, table_name, purpose, status, previous_status, problem, changed_at,
+                       erased_at, fanned_out, subject
+                FROM consent_sync.changes
+                UNION ALL
+                -- Captured but not yet fanned out: the fan-out names the event and draws its id.
+                SELECT id, NULL, coalesce(event_type, 'captured'), table_name, purpose, status, previous_status, problem,
+                       changed_at, NULL, false, subject
+                FROM consent_sync.captured
+            ) c
             LEFT JOIN LATERAL (
                 -- Originals and replays, each through its own (partial) index.
                 SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id AND x.replay_of IS NULL

@@ -239,8 +239,11 @@ public enum WatchStore {
             try await connection.query("SELECT consent_sync.uninstall_watch($1::bigint)", [String(id)])
             try await connection.query(
                 """
-                WITH \(DeliveryStore.completion(of: "c.watch_id = $1::bigint AND NOT c.fanned_out AND c.event_type IS NULL"))
-                UPDATE consent_sync.changes c SET \(DeliveryStore.completedColumns)
+                WITH queued AS (
+                    SELECT \(DeliveryStore.queueColumns("q")) FROM consent_sync.captured q
+                    WHERE q.watch_id = $1::bigint AND q.event_type IS NULL
+                ), \(DeliveryStore.completion(of: "queued"))
+                UPDATE consent_sync.captured c SET \(DeliveryStore.completedColumns)
                 FROM batch b WHERE c.id = b.id
                 """,
                 [String(id)]

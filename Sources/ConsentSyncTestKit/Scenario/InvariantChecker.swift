@@ -60,7 +60,7 @@ public struct ScenarioSnapshot: Sendable {
         try await database.withConnection { connection in
             let changes = try await connection.query(
                 """
-                SELECT id, coalesce(event_id::text, '') AS event_id, subject, purpose, coalesce(event_type, '') AS event_type, operation, fanned_out,
+                SELECT id, event_id, subject, purpose, event_type, operation, fanned_out,
                        to_char(changed_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS') AS changed_at
                 FROM consent_sync.changes ORDER BY id
                 """

@@ -176,6 +176,7 @@ public final class ScenarioHarness: Sendable {
                 try await connection.query(
                     """
                     SELECT (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out)
+                         + (SELECT count(*) FROM consent_sync.captured)
                          + (SELECT count(*) FROM consent_sync.deliveries WHERE state IN ('pending', 'in_flight')) AS n
                     """
                 ).first?.int("n")
