@@ -14,12 +14,13 @@ public enum Migrator {
         }
     }
 
-    /// Brings schema `consent_sync` up to ``Migrations/latestVersion``.
+    /// Brings schema `consent_sync` up to ``Migrations/latestVersion`` (or to `version`: tests
+    /// of upgrades start from an earlier one).
     ///
     /// Everything happens in one transaction holding an advisory lock, so a second `migrate`
     /// running at the same moment waits, then finds nothing left to do.
     @discardableResult
-    public static func migrate(_ connection: PostgresConnection, logger: Logger) async throws -> Result {
+    public static func migrate(_ connection: PostgresConnection, through version: Int = Migrations.latestVersion, logger: Logger) async throws -> Result {
         try await connection.withTransaction { connection in
             try await connection.query("SELECT pg_advisory_xact_lock($1::bigint)", [String(Migrations.lockKey)])
             try await connection.execute("""
@@ -34,7 +35,7 @@ public enum Migrator {
             guard current <= Migrations.latestVersion else {
                 throw SchemaError.newerThanBinary(database: current, binary: Migrations.latestVersion)
             }
-            for migration in Migrations.all where migration.version > current {
+            for migration in Migrations.all where migration.version > current && migration.version <= version {
                 logger.info("applying migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
                 try await connection.execute(migration.sql)
                 try await connection.query(
@@ -42,7 +43,7 @@ public enum Migrator {
                     [String(migration.version), migration.name]
                 )
             }
-            return Result(from: current, to: Migrations.latestVersion)
+            return Result(from: current, to: max(current, min(version, Migrations.latestVersion)))
         }
     }
 

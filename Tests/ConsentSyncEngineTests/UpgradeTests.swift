@@ -1,0 +1,77 @@
+import ConsentSyncCore
+import ConsentSyncEngine
+import ConsentSyncPostgres
+import ConsentSyncTestKit
+import Foundation
+import Logging
+import Testing
+
+/// An installation upgraded while changes wait: what the old capture trigger wrote is sent as
+/// it was, what the new one queues after the upgrade follows it, in order.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct UpgradeTests {
+    @Test func changesCapturedBeforeSchema7AreSentWithTheQueuedOnesInOrder() async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            let logger = Logger(label: "upgrade-test")
+            try await database.withConnection { try await Migrator.migrate($0, through: 6, logger: logger) }
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await database.withConnection { connection in
+                try await connection.execute(
+                    """
+                    CREATE TABLE public.prefs (customer text PRIMARY KEY, channel text NOT NULL, opted text);
+                    """
+                )
+                _ = try await WatchStore.add(
+                    WatchDefinition(schema: "public", table: "prefs", subjectColumns: ["customer"], purposeColumn: "channel",
+                                    statusColumn: "opted", statusMap: ["yes": "granted", "no": "denied"]),
+                    on: connection
+                )
+                // Captured by the schema-6 trigger: complete rows in the outbox, not yet fanned out.
+                try await connection.execute(
+                    """
+                    INSERT INTO public.prefs VALUES ('c1', 'email', 'yes');
+                    UPDATE public.prefs SET opted = 'no';
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status) VALUES ('c2', 'sms', 'granted');
+                    """
+                )
+            }
+            let before = try await database.withConnection { connection in
+                try await connection.query("SELECT event_id::text AS event_id FROM consent_sync.changes ORDER BY id").map { try $0.string("event_id") }
+            }
+            #expect(before.count == 3)
+
+            let result = try await database.withConnection { try await Migrator.migrate($0, logger: logger) }
+            #expect(result == Migrator.Result(from: 6, to: Migrations.latestVersion))
+            try await database.withConnection { connection in
+                // Captured by the new trigger: queued, completed by the fan-out.
+                try await connection.execute(
+                    """
+                    UPDATE public.prefs SET opted = 'yes';
+                    UPDATE consent_sync.consents SET status = 'withdrawn';
+                    """
+                )
+                let queued = try await connection.query("SELECT count(*) AS n FROM consent_sync.captured").first?.int("n")
+                #expect(queued == 2)
+            }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            try await RelayFixture.withRelay(on: database) { _ in
+                let requests = try await receiver.waitForRequests(count: 5)
+                let events = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any]) }
+                let seen = events.map { "\($0["subject"] as? String ?? "?") \($0["type"] as? String ?? "?")" }
+                #expect(seen.filter { $0.hasPrefix("c1 ") } == ["c1 consent.granted", "c1 consent.denied", "c1 consent.granted"], "\(seen)")
+                #expect(seen.filter { $0.hasPrefix("c2 ") } == ["c2 consent.granted", "c2 consent.withdrawn"], "\(seen)")
+                let ids = events.compactMap { $0["id"] as? String }
+                #expect(Set(before).isSubset(of: Set(ids)), "an event captured before the upgrade kept its id")
+                let previous = events.compactMap { ($0["data"] as? [String: Any])?["previous_status"] as? String }
+                #expect(previous.sorted() == ["denied", "granted", "granted"], "\(previous)")
+            }
+            let left = try await database.withConnection { connection in
+                try await connection.query(
+                    "SELECT (SELECT count(*) FROM consent_sync.captured) + (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out) AS n"
+                ).first?.int("n")
+            }
+            #expect(left == 0)
+        }
+    }
+}
