@@ -32,6 +32,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -517,6 +518,11 @@ def purposes_array():
 
 # changes captured but not yet fanned out: the capture queue (schema 7) and outbox rows written directly
 UNFANNED = "SELECT (SELECT count(*) FROM consent_sync.changes WHERE NOT fanned_out) + (SELECT count(*) FROM consent_sync.captured)"
+
+
+def median(values):
+    """The median of `values`, or None when there are none."""
+    return statistics.median(values) if values else None
 
 
 def capture_triggers(action):
@@ -1196,28 +1202,30 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             self.fill(db, self.keys, "bench-preload")
             self.pg.psql("VACUUM ANALYZE consent_sync.consents; CHECKPOINT", db)
             script = pgbench_script(os.path.join(workdir, "upsert.sql"), self.keys, "bench-producer")
-            for clients in self.args.producer_clients:
-                for trigger in (True, False):
-                    self.pg.psql(capture_triggers("ENABLE" if trigger else "DISABLE"), db)
-                    argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients),
-                            "-j", str(min(clients, 2)), "-T", str(self.args.producer_seconds)]
-                    changes0 = self.changes(db)
-                    run = subprocess.run(argv, capture_output=True, text=True, env=self.pg.env(db), timeout=self.args.producer_seconds + 120)
-                    if run.returncode != 0:
-                        raise BenchError(f"pgbench failed: {run.stderr[-2000:]}")
-                    figures = parse_pgbench(run.stdout)
-                    captured = self.changes(db) - changes0
-                    if trigger and figures.get("transactions") and captured != figures["transactions"]:
-                        message = f"producer: {figures['transactions']} transactions but {captured} captured changes"
-                        log("SELF-CHECK FAILED: " + message)
-                        self.failures.append(message)
-                    result = {"scenario": "producer", "clients": clients, "trigger": trigger, "seconds": self.args.producer_seconds,
-                              "tps": figures.get("tps"), "latency_avg_ms": figures.get("latency_avg_ms"),
-                              "transactions": figures.get("transactions"), "captured_changes": captured}
-                    log(f"producer: {clients} clients, trigger {'on ' if trigger else 'off'}: {figures.get('tps')} tps, "
-                        f"{figures.get('latency_avg_ms')} ms average")
-                    self.record(result)
-                    self.pg.psql("CHECKPOINT", db)
+            # on and off alternate, `--producer-runs` times per client count; the table shows medians
+            for clients, run_index, trigger in [(c, i, t) for c in self.args.producer_clients
+                                                for i in range(self.args.producer_runs) for t in (True, False)]:
+                self.pg.psql(capture_triggers("ENABLE" if trigger else "DISABLE"), db)
+                argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients),
+                        "-j", str(min(clients, 2)), "-T", str(self.args.producer_seconds)]
+                changes0 = self.changes(db)
+                run = subprocess.run(argv, capture_output=True, text=True, env=self.pg.env(db), timeout=self.args.producer_seconds + 120)
+                if run.returncode != 0:
+                    raise BenchError(f"pgbench failed: {run.stderr[-2000:]}")
+                figures = parse_pgbench(run.stdout)
+                captured = self.changes(db) - changes0
+                if trigger and figures.get("transactions") and captured != figures["transactions"]:
+                    message = f"producer: {figures['transactions']} transactions but {captured} captured changes"
+                    log("SELF-CHECK FAILED: " + message)
+                    self.failures.append(message)
+                result = {"scenario": "producer", "clients": clients, "trigger": trigger, "run": run_index + 1,
+                          "seconds": self.args.producer_seconds,
+                          "tps": figures.get("tps"), "latency_avg_ms": figures.get("latency_avg_ms"),
+                          "transactions": figures.get("transactions"), "captured_changes": captured}
+                log(f"producer: {clients} clients, run {run_index + 1}, trigger {'on ' if trigger else 'off'}: {figures.get('tps')} tps, "
+                    f"{figures.get('latency_avg_ms')} ms average")
+                self.record(result)
+                self.pg.psql("CHECKPOINT", db)
             self.pg.psql(capture_triggers("ENABLE"), db)
         finally:
             if not self.args.keep_databases:
@@ -1531,11 +1539,12 @@ unset multiplot
             lines.append(f"\nreceiver alone (nginx, {self.args.nginx_workers} worker, {r['tool']}): {fmt(r.get('requests_per_s'), 0)} requests/s")
         producer = [r for r in self.results if r["scenario"] == "producer"]
         if producer:
-            lines.append("\nproducer cost (pgbench upsert on consent_sync.consents, tps):")
+            runs = max(r.get("run", 1) for r in producer)
+            lines.append(f"\nproducer cost (pgbench upsert on consent_sync.consents, tps{f', median of {runs} runs' if runs > 1 else ''}):")
             lines.append("  clients   trigger on   trigger off   cost")
             for clients in sorted({r["clients"] for r in producer}):
-                on = next((r["tps"] for r in producer if r["clients"] == clients and r["trigger"]), None)
-                off = next((r["tps"] for r in producer if r["clients"] == clients and not r["trigger"]), None)
+                on = median([r["tps"] for r in producer if r["clients"] == clients and r["trigger"] and r.get("tps")])
+                off = median([r["tps"] for r in producer if r["clients"] == clients and not r["trigger"] and r.get("tps")])
                 cost = f"{100 * (1 - on / off):.0f}% fewer tps" if on and off else "-"
                 lines.append(f"  {clients:>7}   {fmt(on, 0):>10}   {fmt(off, 0):>11}   {cost}")
         for r in self.results:
@@ -1682,6 +1691,8 @@ def parse_args(argv):
                    help="stop the big backlog's drain after this long and report the rate so far (default 600; 0: until done)")
     p.add_argument("--big-backlog", action="store_true", default=env_default("big_backlog", False, bool), help="run the big backlog too (slow)")
     p.add_argument("--producer-seconds", type=int, default=env_default("producer_seconds", None, int), help="producer: seconds per pgbench run (default 10)")
+    p.add_argument("--producer-runs", type=int, default=env_default("producer_runs", None, int),
+                   help="producer: on/off pairs per client count, alternating; the table shows medians (default 3, smoke 1)")
     p.add_argument("--producer-clients", type=ints, default=env_default("producer_clients", None, "ints"), help="producer: client counts (default 1,4,16)")
     p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
     p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
@@ -1699,10 +1710,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
 
     full = dict(drain_changes=100000, live_rate=1000, live_seconds=30, maxlive_seconds=20, scaling_ks=[1, 3, 10, 30],
-                scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16],
+                scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16], producer_runs=3,
                 nginx_seconds=5, profile_changes=50000, callgrind_changes=2000, stall_seconds=60)
     smoke = dict(drain_changes=2000, live_rate=200, live_seconds=5, maxlive_seconds=5, scaling_ks=[1, 10],
-                 scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4],
+                 scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4], producer_runs=1,
                  nginx_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500)
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
