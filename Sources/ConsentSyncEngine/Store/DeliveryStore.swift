@@ -61,8 +61,14 @@ enum DeliveryStore {
     /// Settings for the relay's own connections: its statements are short and many, and JIT
     /// compilation (triggered by a cost estimate, e.g. of a fan-out over a big batch) cost
     /// 400 ms per fan-out in the benchmark while the statement itself took well under 1 ms.
+    ///
+    /// No sequential scans where an index can serve: every statement here is written for index
+    /// lookups, but statistics taken while `changes` and `deliveries` were empty (a VACUUM
+    /// ANALYZE before a back-fill, until autovacuum analyzes again) made the planner scan
+    /// `deliveries` once per new delivery: 4.8 s per fan-out of 1,000 changes, a 50-second
+    /// stall at the start of the benchmark's 100,000-change drain.
     static func prepareSession(_ connection: PostgresConnection) async throws {
-        try await connection.execute("SET jit = off")
+        try await connection.execute("SET jit = off; SET enable_seqscan = off")
     }
 
     /// Turns up to `limit` outbox rows not yet fanned out into deliveries.
