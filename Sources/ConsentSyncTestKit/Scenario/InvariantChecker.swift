@@ -60,9 +60,16 @@ public struct ScenarioSnapshot: Sendable {
         try await database.withConnection { connection in
             let changes = try await connection.query(
                 """
-                SELECT id, event_id, subject, purpose, event_type, operation, fanned_out,
+                SELECT id, event_id::text, subject, purpose, event_type, operation, fanned_out,
                        to_char(changed_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS') AS changed_at
-                FROM consent_sync.changes ORDER BY id
+                FROM consent_sync.changes
+                UNION ALL
+                -- Still in the capture queue: never fanned out (so never acknowledged either).
+                SELECT id, 'queued-' || id, subject, purpose,
+                       coalesce(event_type, CASE operation WHEN 'DELETE' THEN 'consent.deleted' ELSE 'consent.' || status END),
+                       operation, false, to_char(changed_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS')
+                FROM consent_sync.captured
+                ORDER BY id
                 """
             ).map { row in
                 Change(
