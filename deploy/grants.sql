@@ -7,6 +7,9 @@ GRANT USAGE ON SCHEMA consent_sync TO consent_sync;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA consent_sync TO consent_sync;
 -- UPDATE: the daemons set the idle flag (a sequence) that the capture trigger reads.
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA consent_sync TO consent_sync;
+-- The same for tables and sequences a later 'migrate' (as this role) creates.
+ALTER DEFAULT PRIVILEGES IN SCHEMA consent_sync GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO consent_sync;
+ALTER DEFAULT PRIVILEGES IN SCHEMA consent_sync GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO consent_sync;
 -- resync reads watched tables through this function, with the owner's rights.
 GRANT EXECUTE ON FUNCTION consent_sync.resync_chunk(bigint, bigint, jsonb, integer) TO consent_sync;
 GRANT USAGE ON SCHEMA consent_sync TO :"app";
