@@ -42,6 +42,32 @@ struct WakeupTests {
         try await connection.query("SELECT pg_sequence_last_value('consent_sync.idle_listeners') AS n").first?.int("n") ?? -1
     }
 
+    /// Two daemons: the flag counts both while both wait, one after the other stops, none
+    /// after both; and a change written while one is idle reaches a receiver through NOTIFY.
+    @Test func theIdleFlagCountsEveryIdleDaemon() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            var configuration = Relay.Configuration.forTests
+            configuration.pollInterval = .seconds(3600)
+            try await RelayFixture.withRelay(on: database, configuration: configuration) { _ in
+                try await RelayFixture.withRelay(on: database, configuration: configuration) { _ in
+                    try await waitUntil("both relays say they are idle") {
+                        try await database.withConnection(Self.idleFlag) == 2
+                    }
+                    #expect(try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners WHERE idle") }.count == 2)
+                }
+                try await waitUntil("one relay left, idle") {
+                    try await database.withConnection(Self.idleFlag) == 1
+                }
+                try await ConsentWriter(database: database).set("two-1", "email", .granted)
+                try await receiver.waitForRequests(count: 1, timeout: .seconds(10))
+            }
+            #expect(try await database.withConnection(Self.idleFlag) == 0)
+        }
+    }
+
     @Test func aBusyDaemonIsNotNotifiedForEveryChange() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start()
