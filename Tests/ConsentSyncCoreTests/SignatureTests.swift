@@ -30,6 +30,22 @@ import Testing
         }
     }
 
+    /// A relay that has not re-read its subscribers since an overlap ended still stops
+    /// signing with the rotated-out secret at its expiry.
+    @Test func anExpiredSecretIsNotSignedWithEvenBeforeTheSubscribersAreReread() {
+        let old = SigningSecret.generate()
+        let new = SigningSecret.generate()
+        let expiry = Date(timeIntervalSince1970: 1_700_000_000)
+        var subscriber = Subscriber(id: 1, name: "crm", url: "https://crm.example/hook", secrets: [old, new])
+        subscriber.secretExpiries[old] = expiry
+        #expect(subscriber.signingSecrets(at: expiry - 1) == [old, new])
+        #expect(subscriber.signingSecrets(at: expiry) == [new])
+        #expect(subscriber.signingSecrets(at: expiry + 3600) == [new])
+        // Never nothing to sign with, even if every secret were past its expiry.
+        subscriber.secretExpiries[new] = expiry
+        #expect(subscriber.signingSecrets(at: expiry + 1) == [old, new])
+    }
+
     @Test func verificationRefusesTamperingAndOldTimestamps() throws {
         let secret = SigningSecret.generate()
         let body = Array(#"{"a":1}"#.utf8)

@@ -136,11 +136,17 @@ struct SubscriberHealthTests {
                         try await ConsentWriter.set("h\(index)", "email", .granted, on: connection)
                     }
                 }
-                // The healthy receiver gets all 40 while the slow one still holds its first two
-                // requests open (each lasts its 2 s timeout) and the failing one backs off.
-                try await healthy.waitForRequests(count: 40, timeout: .seconds(10))
-                #expect(!slow.requests.isEmpty && !failing.requests.isEmpty, "the other two were tried meanwhile")
-                try await waitUntil("the healthy subscriber's 40 deliveries recorded", timeout: .seconds(10)) {
+                // The healthy receiver gets all 40 while the slow one holds its two slots open
+                // (each request lasts its 2 s timeout) and the failing one backs off. Had the
+                // healthy one waited behind them, it would go at the slow one's pace: at most
+                // two requests per 2 s. (The timeout only guards against a hang.)
+                try await healthy.waitForRequests(count: 40, timeout: .seconds(60))
+                let slowTries = Set(slow.requests.compactMap { $0.headers["webhook-id"] }).count
+                #expect(slowTries < 20, "the healthy subscriber's 40 took as long as \(slowTries) of the slow one's")
+                try await waitUntil("the other two tried meanwhile", timeout: .seconds(30)) {
+                    !slow.requests.isEmpty && !failing.requests.isEmpty
+                }
+                try await waitUntil("the healthy subscriber's 40 deliveries recorded", timeout: .seconds(30)) {
                     let done = try await database.withConnection { connection in
                         try await connection.query(
                             """

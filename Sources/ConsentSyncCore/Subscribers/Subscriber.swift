@@ -51,7 +51,11 @@ public struct Subscriber: Sendable, Equatable {
     public var id: Int64
     public var name: String
     public var url: String
+    /// The active signing secrets, oldest first: during a rotation's overlap the earlier ones
+    /// with their expiry in ``secretExpiries``.
     public var secrets: [SigningSecret]
+    /// When each secret that is being rotated out expires; the newest secret has none.
+    public var secretExpiries: [SigningSecret: Date] = [:]
     /// Only changes of these purposes; `nil` for all.
     public var purposes: [String]?
     /// Only these event types (`consent.withdrawn`, …); `nil` for all.
@@ -69,6 +73,15 @@ public struct Subscriber: Sendable, Equatable {
     /// When several changes of one subject and purpose wait for it, send only the newest;
     /// the older ones are recorded as superseded.
     public var newestWins = false
+
+    /// The secrets to sign with at `date`: those not yet expired. A relay that has not re-read
+    /// its subscribers since an overlap ended still stops signing with the old secret on time.
+    /// Never empty while ``secrets`` is not (the newest secret does not expire).
+    public func signingSecrets(at date: Date) -> [SigningSecret] {
+        guard !secretExpiries.isEmpty else { return secrets }
+        let active = secrets.filter { secret in secretExpiries[secret].map { $0 > date } ?? true }
+        return active.isEmpty ? secrets : active
+    }
 
     /// True when its bodies differ from the shared one (fewer attributes, another subject id).
     public var needsOwnBody: Bool { fields != nil || pseudonymKey != nil }

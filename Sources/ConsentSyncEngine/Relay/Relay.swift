@@ -582,7 +582,7 @@ public final class Relay: Service {
             id: webhookID,
             timestamp: Int64(startedAt.timeIntervalSince1970),
             body: body,
-            secrets: subscriber.secrets,
+            secrets: subscriber.signingSecrets(at: startedAt),
             userAgent: configuration.userAgent
         )
         var request = HTTPRequest(

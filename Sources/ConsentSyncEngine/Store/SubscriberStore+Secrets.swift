@@ -232,6 +232,7 @@ extension SubscriberStore {
                 }
                 guard let kept, entry.storedPseudonymKey == nil || kept.pseudonymKey != nil else { continue }
                 subscriber.secrets = kept.secrets
+                subscriber.secretExpiries = kept.secretExpiries
                 subscriber.pseudonymKey = kept.pseudonymKey
             }
             subscribers[subscriber.id] = subscriber

@@ -134,6 +134,8 @@ public enum SubscriberStore {
     struct Loaded {
         var subscriber: Subscriber
         var storedSecrets: [String]
+        /// When each of `storedSecrets` expires (seconds since 1970), `nil` for no expiry.
+        var expiries: [Double?]
         var storedPseudonymKey: String?
 
         /// The subscriber with its active secrets and pseudonym key, decrypted; throws about
@@ -142,6 +144,9 @@ public enum SubscriberStore {
         func open(with keyring: SecretKeyring) throws(SecretKeyringError) -> Subscriber {
             var subscriber = subscriber
             subscriber.secrets = try openSecrets(with: keyring)
+            for (secret, expiry) in zip(subscriber.secrets, expiries) {
+                if let expiry { subscriber.secretExpiries[secret] = Date(timeIntervalSince1970: expiry) }
+            }
             if let storedPseudonymKey {
                 do {
                     subscriber.pseudonymKey = PseudonymKey(bytes: try keyring.open(storedPseudonymKey, subscriberID: subscriber.id).key)
@@ -177,6 +182,8 @@ public enum SubscriberStore {
             SELECT s.id, s.name, s.url,
                    (SELECT json_agg(ss.secret ORDER BY ss.id) FROM consent_sync.subscriber_secrets ss
                     WHERE ss.subscriber_id = s.id AND (ss.expires_at IS NULL OR ss.expires_at > now()))::text AS secrets,
+                   (SELECT json_agg(extract(epoch FROM ss.expires_at) ORDER BY ss.id) FROM consent_sync.subscriber_secrets ss
+                    WHERE ss.subscriber_id = s.id AND (ss.expires_at IS NULL OR ss.expires_at > now()))::text AS expiries,
                    EXISTS (SELECT 1 FROM consent_sync.subscriber_secrets ss
                            WHERE ss.subscriber_id = s.id AND ss.expires_at <= now()) AS has_expired,
                    array_to_json(s.purposes)::text AS purposes, array_to_json(s.event_types)::text AS event_types,
@@ -217,6 +224,7 @@ public enum SubscriberStore {
             subscribers.append(Loaded(
                 subscriber: subscriber,
                 storedSecrets: try decodeArray(row.optionalString("secrets")) ?? [],
+                expiries: try row.optionalString("expiries").map { try JSONDecoder().decode([Double?].self, from: Data($0.utf8)) } ?? [],
                 storedPseudonymKey: row.optionalString("pseudonym_key")
             ))
         }
