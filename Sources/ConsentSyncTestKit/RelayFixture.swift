@@ -62,6 +62,21 @@ public enum RelayFixture {
         }
     }
 
+    /// Runs `count` relays side by side on one database (as several daemons would), each
+    /// with its own HTTP client and instance id, for the duration of `body`.
+    @discardableResult
+    public static func withRelays<T: Sendable>(
+        _ count: Int,
+        on database: TestDatabase,
+        configuration: Relay.Configuration = .forTests,
+        _ body: () async throws -> T
+    ) async throws -> T {
+        guard count > 0 else { return try await body() }
+        return try await withRelay(on: database, configuration: configuration) { _ in
+            try await withRelays(count - 1, on: database, configuration: configuration, body)
+        }
+    }
+
     /// A migrated throwaway database.
     @discardableResult
     public static func withMigratedDatabase<T: Sendable>(_ body: (TestDatabase) async throws -> T) async throws -> T {

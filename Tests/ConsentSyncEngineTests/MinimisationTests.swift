@@ -112,7 +112,10 @@ struct MinimisationTests {
         }
     }
 
-    @Test func newestWinsSendsOnlyTheLastWaitingChangeAndRecordsTheRestAsSuperseded() async throws {
+    /// With one relay, and with two side by side (as two daemons would run): superseding
+    /// happens in the claim and the write-back of whichever instance gets there.
+    @Test(arguments: [1, 2])
+    func newestWinsSendsOnlyTheLastWaitingChangeAndRecordsTheRestAsSuperseded(relays: Int) async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let up = AnswerSwitch(false)
             let responder: WebhookReceiver.Responder = { _ in up.isOn ? .status(200) : .status(503) }
@@ -122,7 +125,7 @@ struct MinimisationTests {
             try await Self.add("ads", url: latest.url, newestWins: true, on: database)
             try await Self.add("crm", url: everything.url, on: database)
 
-            try await RelayFixture.withRelay(on: database) { _ in
+            try await RelayFixture.withRelays(relays, on: database) {
                 let writer = ConsentWriter(database: database)
                 // Another purpose of the same subject, and another subject: never superseded by these.
                 try await writer.set("alice", "email", .granted)
