@@ -170,4 +170,42 @@ struct ResyncTests {
             #expect(badChunk.status != 0 && badChunk.stderr.contains("--chunk must be between 1 and 10000"), "\(badChunk.stderr)")
         }
     }
+
+    /// Two processes for one job: the second is refused while the first runs; after the first
+    /// is killed, running it again resumes where it stopped, and no row is queued twice.
+    @Test func aSecondProcessForTheSameResyncIsRefusedAndAKilledOneResumes() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute("""
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status)
+                    SELECT 's' || g, 'email', 'granted' FROM generate_series(1, 300) g;
+                    INSERT INTO consent_sync.subscribers (name, url) VALUES ('warehouse', 'http://127.0.0.1:9/hook');
+                    """)
+            }
+            let environment = database.daemonEnvironment
+            let snapshots: @Sendable () async throws -> Int = {
+                try await database.withConnection { connection in
+                    try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE event_type = 'consent.snapshot'").first?.int("n") ?? 0
+                }
+            }
+            let first = try DaemonProcess(["resync", "--subscriber", "warehouse", "--rate", "40", "--chunk", "10"], environment: environment)
+            defer { first.signal(SIGKILL) }
+            try await waitUntil("the first process queued some", timeout: .seconds(60)) { try await snapshots() > 0 }
+            let second = try await DaemonProcess.run(["resync", "--subscriber", "warehouse"], environment: environment)
+            #expect(second.status != 0 && second.stderr.contains("is running in another process"), "\(second.stderr)")
+
+            first.signal(SIGKILL)
+            _ = try await first.waitForExit()
+            let before = try await snapshots()
+            #expect(before < 300, "the first process finished before it was killed; slow it down")
+            let resumed = try await DaemonProcess.run(["resync", "--subscriber", "warehouse", "--chunk", "50"], environment: environment)
+            #expect(resumed.status == 0, "\(resumed.stderr)")
+            let rows = try await database.withConnection { connection in
+                try await connection.query(
+                    "SELECT count(*) AS n, count(DISTINCT subject) AS subjects FROM consent_sync.changes WHERE event_type = 'consent.snapshot'"
+                ).first.map { (try $0.int("n"), try $0.int("subjects")) }
+            }
+            #expect(rows?.0 == 300 && rows?.1 == 300, "snapshots, subjects: \(String(describing: rows)) (\(before) before the kill)")
+        }
+    }
 }
