@@ -39,19 +39,25 @@ public final class DaemonProcess: Sendable {
         process.standardError = stderr
         process.standardInput = FileHandle.nullDevice
         stdout.fileHandleForReading.readabilityHandler = { [output] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            output.state.withLock { $0.stdout += text }
+            let bytes = handle.availableData
+            output.state.withLock { state in
+                if bytes.isEmpty { state.stdoutClosed = true } else { state.stdout.append(contentsOf: bytes) }
+            }
+            if bytes.isEmpty { handle.readabilityHandler = nil }
         }
         stderr.fileHandleForReading.readabilityHandler = { [output] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            output.state.withLock { $0.stderr += text }
+            let bytes = handle.availableData
+            output.state.withLock { state in
+                if bytes.isEmpty { state.stderrClosed = true } else { state.stderr.append(contentsOf: bytes) }
+            }
+            if bytes.isEmpty { handle.readabilityHandler = nil }
         }
         try process.run()
     }
 
     public var pid: Int32 { process.processIdentifier }
-    public var stdout: String { output.state.withLock { $0.stdout } }
-    public var stderr: String { output.state.withLock { $0.stderr } }
+    public var stdout: String { output.state.withLock { String(decoding: $0.stdout, as: UTF8.self) } }
+    public var stderr: String { output.state.withLock { String(decoding: $0.stderr, as: UTF8.self) } }
     public var isRunning: Bool { process.isRunning }
 
     public func signal(_ signal: Int32) {
@@ -69,8 +75,11 @@ public final class DaemonProcess: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        // Let the pipes drain.
-        try await Task.sleep(for: .milliseconds(50))
+        // Read both pipes to their end (a loaded machine may run the handlers late).
+        let drained = ContinuousClock.now + .seconds(10)
+        while !output.state.withLock({ $0.stdoutClosed && $0.stderrClosed }) && ContinuousClock.now < drained {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         return process.terminationStatus
     }
 
@@ -88,6 +97,19 @@ public final class DaemonProcess: Sendable {
         }
     }
 
+    /// The port of the ops endpoints, from the daemon's "ops endpoints listening" line (start
+    /// it with `ops.listen` on port 0: a port picked beforehand may be taken by then).
+    public func waitForOpsPort(timeout: Duration = .seconds(20)) async throws -> Int {
+        try await waitForLog("ops endpoints listening", timeout: timeout)
+        let line = stderr.split(separator: "\n").first { $0.contains("ops endpoints listening") } ?? ""
+        guard let address = line.split(separator: " ").first(where: { $0.hasPrefix("address=") }),
+              let port = address.split(separator: ":").last.flatMap({ Int($0.filter(\.isNumber)) })
+        else {
+            throw DaemonProcessError(description: "no port in the line '\(line)'")
+        }
+        return port
+    }
+
     /// Runs a command to completion and returns its status and output.
     public static func run(_ arguments: [String], environment: [String: String], timeout: Duration = .seconds(60)) async throws -> (status: Int32, stdout: String, stderr: String) {
         let process = try DaemonProcess(arguments, environment: environment)
@@ -102,7 +124,15 @@ public final class DaemonProcess: Sendable {
 
 /// What the child wrote, shared with the pipes' handlers.
 private final class OutputBuffer: Sendable {
-    let state = Mutex<(stdout: String, stderr: String)>(("", ""))
+    struct State {
+        var stdout: [UInt8] = []
+        var stderr: [UInt8] = []
+        /// The pipe reached its end: everything the child wrote is in the buffer.
+        var stdoutClosed = false
+        var stderrClosed = false
+    }
+
+    let state = Mutex(State())
 }
 
 public struct DaemonProcessError: Error, CustomStringConvertible {

@@ -104,9 +104,10 @@ public final class WebhookReceiver: Sendable {
     /// Everything received so far, in arrival order, whatever was answered.
     public var requests: [Request] { self.recorder.requests }
 
-    /// Waits until at least `count` requests have arrived; throws when `timeout` passes first.
+    /// Waits until at least `count` requests have arrived; throws when `timeout` passes first
+    /// (a guard against a hang, wide enough for a loaded machine, not a speed check).
     @discardableResult
-    public func waitForRequests(count: Int, timeout: Duration = .seconds(10)) async throws -> [Request] {
+    public func waitForRequests(count: Int, timeout: Duration = .seconds(30)) async throws -> [Request] {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         while true {

@@ -18,7 +18,7 @@ struct ReceiveCommand: AsyncParsableCommand {
     @Option(help: "Address to listen on.")
     var host: String = "127.0.0.1"
 
-    @Option(help: "Port to listen on.")
+    @Option(help: "Port to listen on (0: any free one; the port is printed on stderr).")
     var port: Int
 
     @Option(help: "File holding the subscriber's signing secret (whsec_...). Several lines: any of them may match.")
@@ -31,7 +31,7 @@ struct ReceiveCommand: AsyncParsableCommand {
     var toleranceSeconds: Int = 300
 
     func validate() throws {
-        guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 (any free port) and 65535") }
         guard toleranceSeconds > 0 else { throw ValidationError("--tolerance-seconds must be positive") }
     }
 
@@ -99,6 +99,10 @@ struct ReceiveCommand: AsyncParsableCommand {
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "consent-sync-receive"),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                FileHandle.standardError.write(Data("consent-sync receive: listening on \(host):\(bound)\n".utf8))
+            },
             logger: logger
         )
         try await app.runService()

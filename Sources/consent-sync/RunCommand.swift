@@ -63,7 +63,11 @@ struct RunCommand: AsyncParsableCommand {
                     let lookup = ReceiptLookup(database: configuration.database, logger: logger)
                     return OpsServer.ReceiptsAPI(token: token) { subject in try await lookup.receipts(subject: subject) }
                 },
-                logger: logger
+                logger: logger,
+                onServerRunning: { [logger, host = configuration.ops.host] port in
+                    // The port actually bound: `ops.listen` may give port 0 for any free one.
+                    logger.info("ops endpoints listening", metadata: ["address": "\(host.contains(":") ? "[\(host)]" : host):\(port)"])
+                }
             )
             services.append(.init(service: ops))
         }

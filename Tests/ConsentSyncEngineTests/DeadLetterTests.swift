@@ -152,7 +152,10 @@ struct DeadLetterTests {
                 return purpose == "email" && emailFailing.isOn ? .status(503) : .status(200)
             }
             defer { Task { await receiver.stop() } }
-            try await RelayFixture.addSubscriber("strict", url: receiver.url, on: database)
+            // Retries outlast the steps below on a slow machine (the 400s are dead at once anyway).
+            try await RelayFixture.addSubscriber(
+                "strict", url: receiver.url, limits: .init(maxInFlight: 8, timeout: .seconds(5), maxAttempts: 1000), on: database
+            )
             let writer = ConsentWriter(database: database)
             try await RelayFixture.withRelay(on: database) { _ in
                 try await writer.set("s", "email", .granted)

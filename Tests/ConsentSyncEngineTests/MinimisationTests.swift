@@ -13,7 +13,7 @@ struct MinimisationTests {
         _ name: String, url: String, fields: [String]? = nil, pseudonymous: Bool = false, newestWins: Bool = false,
         keyring: SecretKeyring = .plaintextOnly, on database: TestDatabase
     ) async throws {
-        var new = SubscriberStore.NewSubscriber(name: name, url: url, secret: .generate(), limits: .init(maxInFlight: 8, timeout: .seconds(5)))
+        var new = SubscriberStore.NewSubscriber(name: name, url: url, secret: .generate(), limits: .init(maxInFlight: 8, timeout: .seconds(5), maxAttempts: 1000))
         new.fields = fields
         new.pseudonymous = pseudonymous
         new.newestWins = newestWins
@@ -134,7 +134,11 @@ struct MinimisationTests {
                     try await Task.sleep(for: .milliseconds(150))
                 }
                 try await writer.set("bob", "ads", .denied)
-                try await Task.sleep(for: .milliseconds(500))
+                try await waitUntil("every change queued and the older ones superseded while the receivers are down") {
+                    let ads = try await deliveryCounts(database, subscriber: "ads")
+                    let crm = try await deliveryCounts(database, subscriber: "crm")
+                    return ads["superseded"] == 3 && crm.values.reduce(0, +) == 6
+                }
                 up.set(true)
                 try await waitUntil("everything settled") {
                     let ads = try await deliveryCounts(database, subscriber: "ads")

@@ -215,6 +215,9 @@ struct PipelineTests {
             configuration.pollInterval = .seconds(3600)
             try await RelayFixture.withRelay(on: database, configuration: configuration) { _ in
                 let writer = ConsentWriter(database: database)
+                // Written once the relay said it is idle: a change whose trigger runs just before
+                // that and commits after the relay's last look is left to the (hour-long) poll.
+                try await waitUntilIdle(database)
                 try await writer.set("x", "email", .granted)
                 try await receiver.waitForRequests(count: 1)
 
@@ -231,6 +234,7 @@ struct PipelineTests {
                 try await writer.set("y", "email", .granted)
                 try await receiver.waitForRequests(count: 2, timeout: .seconds(20))
                 // And notifications work again afterwards.
+                try await waitUntilIdle(database)
                 try await writer.set("z", "email", .granted)
                 try await receiver.waitForRequests(count: 3, timeout: .seconds(20))
             }
@@ -344,6 +348,15 @@ func eventSubject(_ request: WebhookReceiver.Request) throws -> String? {
 func deliveryStates(_ database: TestDatabase) async throws -> [String] {
     try await database.withConnection { connection in
         try await connection.query("SELECT state FROM consent_sync.deliveries ORDER BY id").map { $0["state"] ?? "" }
+    }
+}
+
+/// Waits until every relay on `database` has told it that it is idle (writers NOTIFY it).
+func waitUntilIdle(_ database: TestDatabase) async throws {
+    try await waitUntil("the relay says it is idle") {
+        try await database.withConnection {
+            try await $0.query("SELECT coalesce(bool_and(idle), false) AS idle FROM consent_sync.listeners").first?.bool("idle") == true
+        }
     }
 }
 

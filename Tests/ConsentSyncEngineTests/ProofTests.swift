@@ -39,10 +39,9 @@ struct ProofTests {
             let tokenFile = directory.appendingPathComponent("receipts-token")
             try Data((token + "\n").utf8).write(to: tokenFile)
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: tokenFile.path)
-            let port = try await ReceiveCommandTests.freePort()
             let environment = DaemonLifecycleTests.environment(database, [
                 "CONSENT_SYNC_OPS_ENABLED": "true",
-                "CONSENT_SYNC_OPS_LISTEN": "127.0.0.1:\(port)",
+                "CONSENT_SYNC_OPS_LISTEN": "127.0.0.1:0",
                 "CONSENT_SYNC_OPS_RECEIPTS_TOKEN_FILE": tokenFile.path,
                 "CONSENT_SYNC_DEADLINES_WITHDRAWN_SECONDS": "2",
                 "CONSENT_SYNC_RETENTION_INTERVAL_SECONDS": "1",
@@ -50,6 +49,7 @@ struct ProofTests {
             let daemon = try DaemonProcess(["run"], environment: environment)
             defer { daemon.signal(SIGKILL) }
             try await daemon.waitForLog("relay connected")
+            let port = try await daemon.waitForOpsPort()
 
             let subject = "alice@example.com"
             let writer = ConsentWriter(database: database)

@@ -6,13 +6,6 @@ import Testing
 
 /// `consent-sync receive`, the reference receiver, as a consumer would run it.
 @Suite struct ReceiveCommandTests {
-    /// A port that was free a moment ago: a throwaway receiver binds port 0 and lets it go.
-    static func freePort() async throws -> Int {
-        let probe = try await WebhookReceiver.start()
-        let port = probe.port
-        await probe.stop()
-        return port
-    }
 
     @Test func verifiesSignaturesDropsDuplicatesAndPrintsEvents() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("receive-\(UUID().uuidString)")
@@ -22,9 +15,12 @@ import Testing
         let secretFile = directory.appendingPathComponent("secret")
         try secret.encoded.write(to: secretFile, atomically: true, encoding: .utf8)
 
-        let port = try await Self.freePort()
-        let receiver = try DaemonProcess(["receive", "--port", String(port), "--secret-file", secretFile.path, "--name", "crm"], environment: [:])
+        // Port 0, and the port it printed: one picked beforehand may be taken by then.
+        let receiver = try DaemonProcess(["receive", "--port", "0", "--secret-file", secretFile.path, "--name", "crm"], environment: [:])
         defer { receiver.signal(SIGTERM) }
+        try await receiver.waitForLog("listening on")
+        let line = receiver.stderr.split(separator: "\n").first { $0.contains("listening on") } ?? ""
+        let port = try #require(line.split(separator: ":").last.flatMap { Int($0.filter(\.isNumber)) })
         let client = HTTPClient(logger: RelayFixture.logger)
         defer { client.shutdown() }
         let url = "http://127.0.0.1:\(port)/hooks/consent"

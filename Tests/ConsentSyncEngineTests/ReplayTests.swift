@@ -116,7 +116,6 @@ struct ReplayTests {
                 try await database.withConnection { connection in
                     try await SubscriberStore.changeState(name: "crm", action: .pause, reason: "replay test", actor: "operator (test)", on: connection)
                 }
-                try await Task.sleep(for: subscriberRefresh)
                 rejectingEmail.set(false)
 
                 let retried = try await database.withConnection { connection in
@@ -156,7 +155,6 @@ struct ReplayTests {
                 try await database.withConnection { connection in
                     try await SubscriberStore.changeState(name: "crm", action: .pause, reason: nil, actor: "operator (test)", on: connection)
                 }
-                try await Task.sleep(for: subscriberRefresh)
                 try await writer.set("s", "email", .withdrawn)   // newer, queued while paused
 
                 let output = try await DaemonProcess.run(["replay", "--subscriber", "crm", "--since", "1h"], environment: commandEnvironment(database))

@@ -188,7 +188,7 @@ struct ResyncTests {
                     try await connection.query("SELECT count(*) AS n FROM consent_sync.changes WHERE event_type = 'consent.snapshot'").first?.int("n") ?? 0
                 }
             }
-            let first = try DaemonProcess(["resync", "--subscriber", "warehouse", "--rate", "40", "--chunk", "10"], environment: environment)
+            let first = try DaemonProcess(["resync", "--subscriber", "warehouse", "--rate", "5", "--chunk", "5"], environment: environment)
             defer { first.signal(SIGKILL) }
             try await waitUntil("the first process queued some", timeout: .seconds(60)) { try await snapshots() > 0 }
             let second = try await DaemonProcess.run(["resync", "--subscriber", "warehouse"], environment: environment)

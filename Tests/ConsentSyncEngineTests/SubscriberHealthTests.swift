@@ -41,10 +41,12 @@ struct SubscriberHealthTests {
                 // Changes keep queueing while it is disabled; none is sent.
                 try await writer.set("a", "email", .withdrawn)
                 try await writer.set("b", "email", .denied)
-                try await Task.sleep(for: .milliseconds(600))
+                try await waitUntil("both queued") {
+                    let pending = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.deliveries WHERE state = 'pending'") }
+                    return try pending.first?.int("n") == 3
+                }
+                try await Task.sleep(for: .milliseconds(300))
                 #expect(receiver.requests.count == 1)
-                let pending = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.deliveries WHERE state = 'pending'") }
-                #expect(try pending.first?.int("n") == 3)
 
                 gone.store(false, ordering: .relaxed)
                 try await database.withConnection { connection in

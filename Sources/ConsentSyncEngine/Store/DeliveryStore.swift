@@ -262,6 +262,9 @@ enum DeliveryStore {
                     LIMIT b.n
                     FOR UPDATE SKIP LOCKED
                 ) d
+                -- A pause or disable binds every claim after it commits, whether or not this
+                -- instance has re-read its subscribers since.
+                WHERE EXISTS (SELECT 1 FROM consent_sync.subscribers s WHERE s.id = b.subscriber_id AND s.state = 'enabled')
             ), claimed AS (
                 UPDATE consent_sync.deliveries d
                 SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid,
