@@ -34,7 +34,7 @@ trap cleanup EXIT INT TERM
 "${as_user[@]}" "$bindir/initdb" -D "$base/data" -U postgres --auth=trust -E UTF8 --no-locale >"$base/initdb.log" 2>&1 \
     || { cat "$base/initdb.log" >&2; exit 1; }
 "${as_user[@]}" "$bindir/pg_ctl" -D "$base/data" -l "$base/server.log" -w -t 60 start -o \
-    "-p $port -k $base -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+    "-p $port -k $base -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=logical -c max_replication_slots=100 -c wal_writer_delay=10ms" >/dev/null \
     || { cat "$base/server.log" >&2; exit 1; }
 
 export PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres PGDATABASE=postgres

@@ -93,6 +93,21 @@ public struct TestDatabase: Sendable {
         // Detached so that a cancelled test still cleans up.
         let outcome = await Task.detached {
             try await Self.withAdminConnection { admin in
+                // A replication slot of the database (logical capture) would refuse the drop; one
+                // in use stays in use until its backend has gone.
+                for _ in 0..<50 {
+                    let active = try await admin.query(
+                        """
+                        SELECT count(*) FILTER (WHERE active) AS active,
+                               count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active) AS dropped
+                        FROM pg_replication_slots WHERE database = $1
+                        """,
+                        [name]
+                    ).first?.int("active") ?? 0
+                    guard active > 0 else { break }
+                    try await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", [name])
+                    try await Task.sleep(for: .milliseconds(100))
+                }
                 try await admin.execute("DROP DATABASE IF EXISTS \(try admin.escapeIdentifier(name)) WITH (FORCE)")
             }
         }.result

@@ -198,6 +198,7 @@ extension ConfigLoader {
         var relay = Relay.Configuration()
         relay.listen = self.boolean("relay.listen", default: relay.listen)
         relay.pollInterval = self.milliseconds("relay.poll_interval_ms", default: relay.pollInterval, in: 10...3_600_000)
+        relay.capturePollInterval = self.milliseconds("relay.capture_poll_interval_ms", default: relay.capturePollInterval, in: 1...60_000)
         relay.fanOutBatchSize = self.integer("relay.fan_out_batch_size", default: relay.fanOutBatchSize, in: 1...100_000)
         relay.claimBatchSize = self.integer("relay.claim_batch_size", default: relay.claimBatchSize, in: 1...10_000)
         relay.maxInFlight = self.integer("relay.max_in_flight", default: relay.maxInFlight, in: 1...100_000)

@@ -7,6 +7,7 @@ enum ConfigSchema {
         "database.password_file",
         "relay.listen",
         "relay.poll_interval_ms",
+        "relay.capture_poll_interval_ms",
         "relay.fan_out_batch_size",
         "relay.claim_batch_size",
         "relay.max_in_flight",

@@ -15,6 +15,7 @@ struct ConsentSyncCommand: AsyncParsableCommand {
             DeliveriesCommand.self,
             ReplayCommand.self,
             WatchCommand.self,
+            CaptureCommand.self,
             TraceCommand.self,
             ForgetCommand.self,
             ResyncCommand.self,

@@ -1192,11 +1192,19 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 writer.writerow({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()})
 
     def scenario_producer(self):
-        """pgbench upserts on consent_sync.consents with and without the capture trigger."""
-        db = self.new_db("producer")
+        """pgbench upserts on consent_sync.consents with and without the capture trigger, per capture mode."""
+        for mode in self.args.producer_capture:
+            self.producer_runs(mode)
+
+    def producer_runs(self, mode):
+        db = self.new_db(f"producer_{mode}")
         workdir = os.path.join(self.work, db)
         os.makedirs(workdir)
         try:
+            if mode == "logical":
+                if self.pg.value("SHOW wal_level") != "logical":
+                    raise BenchError("producer: capture mode logical needs wal_level = logical (scripts/with-postgres.sh sets it)")
+                Daemon(self, db, os.path.join(self.out, "daemon.log")).command("capture", "logical")
             # every key exists already (written without the trigger), so the runs are updates
             self.pg.psql(capture_triggers("DISABLE"), db)
             self.fill(db, self.keys, "bench-preload")
@@ -1213,20 +1221,26 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 if run.returncode != 0:
                     raise BenchError(f"pgbench failed: {run.stderr[-2000:]}")
                 figures = parse_pgbench(run.stdout)
+                if mode == "logical":
+                    # no daemon runs meanwhile: read the slot into the queue now, to count
+                    self.pg.psql("DO $$ DECLARE r record; BEGIN LOOP SELECT * INTO r FROM consent_sync.capture_from_wal(50000); "
+                                 "EXIT WHEN NOT r.more; END LOOP; END $$", db, timeout=600)
                 captured = self.changes(db) - changes0
                 if trigger and figures.get("transactions") and captured != figures["transactions"]:
-                    message = f"producer: {figures['transactions']} transactions but {captured} captured changes"
+                    message = f"producer ({mode}): {figures['transactions']} transactions but {captured} captured changes"
                     log("SELF-CHECK FAILED: " + message)
                     self.failures.append(message)
-                result = {"scenario": "producer", "clients": clients, "trigger": trigger, "run": run_index + 1,
+                result = {"scenario": "producer", "capture": mode, "clients": clients, "trigger": trigger, "run": run_index + 1,
                           "seconds": self.args.producer_seconds,
                           "tps": figures.get("tps"), "latency_avg_ms": figures.get("latency_avg_ms"),
                           "transactions": figures.get("transactions"), "captured_changes": captured}
-                log(f"producer: {clients} clients, run {run_index + 1}, trigger {'on ' if trigger else 'off'}: {figures.get('tps')} tps, "
+                log(f"producer ({mode}): {clients} clients, run {run_index + 1}, trigger {'on ' if trigger else 'off'}: {figures.get('tps')} tps, "
                     f"{figures.get('latency_avg_ms')} ms average")
                 self.record(result)
                 self.pg.psql("CHECKPOINT", db)
             self.pg.psql(capture_triggers("ENABLE"), db)
+            if mode == "logical":
+                Daemon(self, db, os.path.join(self.out, "daemon.log")).command("capture", "table")
         finally:
             if not self.args.keep_databases:
                 self.pg.drop_db(db)
@@ -1541,12 +1555,14 @@ unset multiplot
         if producer:
             runs = max(r.get("run", 1) for r in producer)
             lines.append(f"\nproducer cost (pgbench upsert on consent_sync.consents, tps{f', median of {runs} runs' if runs > 1 else ''}):")
-            lines.append("  clients   trigger on   trigger off   cost")
-            for clients in sorted({r["clients"] for r in producer}):
-                on = median([r["tps"] for r in producer if r["clients"] == clients and r["trigger"] and r.get("tps")])
-                off = median([r["tps"] for r in producer if r["clients"] == clients and not r["trigger"] and r.get("tps")])
-                cost = f"{100 * (1 - on / off):.0f}% fewer tps" if on and off else "-"
-                lines.append(f"  {clients:>7}   {fmt(on, 0):>10}   {fmt(off, 0):>11}   {cost}")
+            lines.append("  capture   clients   trigger on   trigger off   cost")
+            for mode in [m for m in ("table", "logical") if any(r.get("capture", "table") == m for r in producer)]:
+                for clients in sorted({r["clients"] for r in producer}):
+                    mine = [r for r in producer if r.get("capture", "table") == mode and r["clients"] == clients and r.get("tps")]
+                    on = median([r["tps"] for r in mine if r["trigger"]])
+                    off = median([r["tps"] for r in mine if not r["trigger"]])
+                    cost = f"{100 * (1 - on / off):.0f}% fewer tps" if on and off else "-"
+                    lines.append(f"  {mode:<7}   {clients:>7}   {fmt(on, 0):>10}   {fmt(off, 0):>11}   {cost}")
         for r in self.results:
             if r["scenario"] == "profile" and r.get("callgrind_instructions_per_delivery"):
                 lines.append(f"\ncallgrind: {r['callgrind_instructions_per_delivery']:,} daemon instructions per delivery")
@@ -1694,6 +1710,8 @@ def parse_args(argv):
     p.add_argument("--producer-runs", type=int, default=env_default("producer_runs", None, int),
                    help="producer: on/off pairs per client count, alternating; the table shows medians (default 3, smoke 1)")
     p.add_argument("--producer-clients", type=ints, default=env_default("producer_clients", None, "ints"), help="producer: client counts (default 1,4,16)")
+    p.add_argument("--producer-capture", type=lambda v: [m for m in v.split(",") if m], default=["table", "logical"],
+                   help="producer: capture modes to measure, table and/or logical (default table,logical)")
     p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
     p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
     p.add_argument("--sub-max-in-flight", type=int, default=env_default("sub_max_in_flight", 64, int), help="subscriber add --max-in-flight (default 64)")

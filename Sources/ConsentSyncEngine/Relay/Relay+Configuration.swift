@@ -8,6 +8,10 @@ extension Relay {
         public var listen: Bool = true
         /// Safety net: look for work this often even without a notification.
         public var pollInterval: Duration = .seconds(2)
+        /// In `logical` capture mode (`consent-sync capture logical`), how often the
+        /// replication slot is read while nothing arrives: what a change may wait, at most,
+        /// before it is queued.
+        public var capturePollInterval: Duration = .milliseconds(20)
         /// Outbox rows turned into deliveries per transaction.
         public var fanOutBatchSize: Int = 1000
         /// Deliveries claimed per subscriber per round.

@@ -56,6 +56,7 @@ public final class Relay: Service {
                     self.health.update { $0.listening = true }  // polling stands in for LISTEN
                 }
                 group.addTask { await self.janitor() }
+                group.addTask { await self.captureFromWAL() }
                 try await self.pipeline()
                 group.cancelAll()
             }
@@ -106,6 +107,41 @@ public final class Relay: Service {
                 logger.warning("listener lost its connection; polling until it is back", metadata: ["reason": "\(reason)"])
             }
         }
+    }
+
+    /// In `logical` capture mode, reads the replication slot into the capture queue and wakes
+    /// the pipeline (the other daemons get a NOTIFY from the database while they are idle).
+    /// One daemon at a time reads it; the others find it busy. In `table` mode, one cheap
+    /// call per poll interval notices a switch.
+    private func captureFromWAL() async {
+        var connection: PostgresConnection?
+        var failures = 0
+        while !Task.isCancelled && !stopping.load(ordering: .relaxed) {
+            let configuration = self.configuration
+            var wait = configuration.pollInterval
+            do {
+                let db: PostgresConnection
+                if let connection { db = connection } else {
+                    db = try await PostgresConnection.connect(database.with("application_name", "consent-sync capture"), logger: logger)
+                    connection = db
+                }
+                let step = try await CaptureStore.capture(maxChanges: configuration.fanOutBatchSize, on: db)
+                failures = 0
+                if step.taken > 0 { doorbell.ring() }
+                if step.taken >= -1 { wait = step.more ? .zero : configuration.capturePollInterval }
+            } catch {
+                guard !Task.isCancelled && !stopping.load(ordering: .relaxed) else { break }
+                failures += 1
+                wait = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
+                logger.error("cannot read the replication slot of the logical capture; retrying", metadata: [
+                    "error": "\(error)", "retry_in_ms": "\(wait.milliseconds)",
+                ])
+                await connection?.close()
+                connection = nil
+            }
+            if wait > .zero { try? await Task.sleep(for: wait) }
+        }
+        await connection?.close()
     }
 
     private func janitor() async {

@@ -24,6 +24,7 @@ public enum Migrations {
         Migration(version: 5, name: "length limits on the default consent table", sql: v5),
         Migration(version: 6, name: "watched tables, minimisation, pseudonymous ids, newest-wins, snapshots, receipts, erasure", sql: v6),
         Migration(version: 7, name: "a cheaper capture trigger: the fan-out maps statuses and finds problems", sql: v7),
+        Migration(version: 8, name: "capture through the WAL: logical decoding messages read from a replication slot", sql: v8),
     ]
 
     static let v1 = #"""

@@ -24,6 +24,12 @@ public struct StatusReport: Sendable, Codable {
     public var deadlines: [DeadlineReport.Line] = []
     /// Erasures (`consent-sync forget`) waiting for recipients to acknowledge.
     public var erasuresOpen = 0
+    /// `table` or `logical` (`consent-sync capture`).
+    public var captureMode = CaptureMode.table.rawValue
+    /// In `logical` mode: the WAL the replication slot holds, in bytes, and whether the slot
+    /// was lost (changes since were not captured).
+    public var captureSlotLagBytes: Int64?
+    public var captureSlotLost = false
 
     public static func load(deadlines: [String: Duration] = [:], on connection: PostgresConnection) async throws -> StatusReport {
         let rows = try await connection.query(
@@ -61,6 +67,10 @@ public struct StatusReport: Sendable, Codable {
         )
         report.deadlines = try await DeadlineReport.load(deadlines: deadlines, on: connection).lines
         report.erasuresOpen = try erasures.first?.int("n") ?? 0
+        let capture = try await CaptureStore.state(on: connection)
+        report.captureMode = capture.mode.rawValue
+        report.captureSlotLagBytes = capture.slotLagBytes
+        report.captureSlotLost = capture.slotLost
         return report
     }
 
@@ -74,6 +84,13 @@ public struct StatusReport: Sendable, Codable {
         }
         let table = TextTable.render(header: ["SUBSCRIBER", "STATE", "PENDING", "IN FLIGHT", "DELIVERED", "DEAD", "OLDEST PENDING"], rows: rows)
         var text = table + "\nchanges waiting for fan-out: \(changesNotFannedOut)"
+        if captureSlotLost {
+            text += "\ncapture: \(captureMode), replication slot LOST: changes since were not captured; run a resync"
+        } else if let lag = captureSlotLagBytes {
+            text += "\ncapture: \(captureMode), replication slot holds \(lag) bytes of WAL"
+        } else {
+            text += "\ncapture: \(captureMode)"
+        }
         if erasuresOpen > 0 { text += "\nerasures waiting for acknowledgement: \(erasuresOpen)" }
         if deadlines.isEmpty {
             text += "\ndeadlines: none past or near"

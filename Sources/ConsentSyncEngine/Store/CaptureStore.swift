@@ -1,0 +1,97 @@
+import ConsentSyncPostgres
+import Foundation
+
+/// How captured changes leave the application's transaction (`consent-sync capture`).
+public enum CaptureMode: String, Sendable, CaseIterable {
+    /// The capture trigger inserts a row into the capture queue (`consent_sync.captured`).
+    case table
+    /// The capture trigger writes a logical decoding message; a daemon reads the messages of
+    /// committed transactions from a replication slot into the queue. Cheaper for the
+    /// application's writes; needs `wal_level = logical` and a slot that must be read.
+    case logical
+}
+
+/// The capture mode, its replication slot, and the step that reads the slot.
+public enum CaptureStore {
+    public struct State: Sendable, Equatable {
+        public var mode: CaptureMode
+        /// The replication slot in use, also while switching back to `table` until it is read.
+        public var slotName: String?
+        /// How much WAL the slot holds back, in bytes (what has not been read yet, and what
+        /// PostgreSQL keeps for it); `nil` without a slot.
+        public var slotLagBytes: Int64?
+        /// The slot is gone or lost its WAL (`max_slot_wal_keep_size`): changes were lost.
+        public var slotLost: Bool
+    }
+
+    public static func state(on connection: PostgresConnection) async throws -> State {
+        let row = try await connection.query(
+            """
+            SELECT c.mode, c.slot_name, s.slot_name IS NULL AS missing, s.wal_status,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS lag
+            FROM consent_sync.capture_state c LEFT JOIN pg_replication_slots s ON s.slot_name = c.slot_name
+            """
+        ).first.orThrow("consent_sync.capture_state has no row")
+        let mode = try row.string("mode")
+        let slot = row.optionalString("slot_name")
+        let missing = try row.bool("missing")
+        return State(
+            mode: try CaptureMode(rawValue: mode).orThrow("unknown capture mode '\(mode)'"),
+            slotName: slot,
+            slotLagBytes: row.optionalString("lag").flatMap(Int64.init),
+            slotLost: slot != nil && (missing || row.optionalString("wal_status") == "lost")
+        )
+    }
+
+    /// Switches every watch to `mode` (run as the schema's owner; `logical` also needs the
+    /// REPLICATION attribute or superuser, and `wal_level = logical`). Back to `table`, the
+    /// slot is read up to the switch and dropped before this returns, unless a running daemon
+    /// is reading it; then that daemon finishes it.
+    public static func setMode(_ mode: CaptureMode, on connection: PostgresConnection) async throws {
+        let current = try await state(on: connection)
+        switch mode {
+        case .logical:
+            let level = try await connection.query("SELECT current_setting('wal_level') AS level").first?.optionalString("level") ?? "?"
+            guard level == "logical" else {
+                throw CaptureModeError(reason: "capture through the WAL needs wal_level = logical (it is \(level)); set it in postgresql.conf and restart PostgreSQL")
+            }
+            let installation = try await DeliveryStore.installationID(on: connection)
+            let slot = current.slotName ?? "consent_sync_" + String(installation.lowercased().filter { $0.isHexDigit }.prefix(20))
+            let exists = try await !connection.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slot]).isEmpty
+            if !exists {
+                // Outside a transaction: PostgreSQL refuses to create one in a transaction that wrote.
+                try await connection.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slot])
+            }
+            do {
+                try await connection.query("SELECT consent_sync.set_capture_mode('logical', $1)", [slot])
+            } catch {
+                // An unread slot keeps WAL forever: never leave one behind.
+                if !exists { _ = try? await connection.query("SELECT pg_drop_replication_slot($1)", [slot]) }
+                throw error
+            }
+        case .table:
+            try await connection.query("SELECT consent_sync.set_capture_mode('table', NULL)")
+            guard current.slotName != nil else { return }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while try await state(on: connection).slotName != nil, ContinuousClock.now < deadline {
+                let step = try await capture(maxChanges: 10_000, on: connection)
+                if step.taken == -1 { try await Task.sleep(for: .milliseconds(50)) }
+            }
+        }
+    }
+
+    /// Moves what the slot holds into the capture queue, at most about `maxChanges` decoded
+    /// rows (whole transactions). `taken`: changes queued; -1 when another daemon is reading
+    /// the slot now, -2 when no slot is in use. `more`: call again at once.
+    public static func capture(maxChanges: Int, on connection: PostgresConnection) async throws -> (taken: Int, more: Bool) {
+        let row = try await connection.query("SELECT taken, more FROM consent_sync.capture_from_wal($1::integer)", [String(maxChanges)])
+            .first.orThrow("capture_from_wal returned no row")
+        return (try row.int("taken"), try row.bool("more"))
+    }
+}
+
+/// A capture mode that cannot be switched to, and why.
+public struct CaptureModeError: Error, CustomStringConvertible, Sendable {
+    public var reason: String
+    public var description: String { reason }
+}
