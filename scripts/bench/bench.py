@@ -268,6 +268,8 @@ class Postgres:
 
     def drop_db(self, name):
         try:
+            # a replication slot (logical capture) would refuse the drop
+            self.psql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}'")
             self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         except Exception as error:  # best effort
             log(f"could not drop {name}: {error}")
@@ -628,6 +630,8 @@ class Bench:
         self.pg.create_db(name)
         self.pg.psql("ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min'; SELECT pg_reload_conf();")
         Daemon(self, name, os.path.join(self.out, "daemon.log")).command("migrate")
+        if self.args.capture == "logical" and not label.startswith("producer"):
+            Daemon(self, name, os.path.join(self.out, "daemon.log")).command("capture", "logical")
         self.fill_offsets[name] = 0
         return name
 
@@ -1710,6 +1714,8 @@ def parse_args(argv):
     p.add_argument("--producer-runs", type=int, default=env_default("producer_runs", None, int),
                    help="producer: on/off pairs per client count, alternating; the table shows medians (default 3, smoke 1)")
     p.add_argument("--producer-clients", type=ints, default=env_default("producer_clients", None, "ints"), help="producer: client counts (default 1,4,16)")
+    p.add_argument("--capture", choices=["table", "logical"], default="table",
+                   help="capture mode of the drain, live, maxlive and scaling scenarios (default table)")
     p.add_argument("--producer-capture", type=lambda v: [m for m in v.split(",") if m], default=["table", "logical"],
                    help="producer: capture modes to measure, table and/or logical (default table,logical)")
     p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
