@@ -438,6 +438,63 @@ final class LibPQConnection: @unchecked Sendable {
         }
         return .success(false)
     }
+
+    // MARK: Replication (COPY BOTH)
+
+    /// Sends a replication command that starts a COPY BOTH stream (`START_REPLICATION ...`).
+    func startCopyBoth(_ command: String) -> Result<Void, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", query: command, isConnectionError: true))
+        }
+        guard let result = PQexec(conn, command) else {
+            return .failure(PostgresError(code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), query: command, isConnectionError: true))
+        }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COPY_BOTH else {
+            return .failure(Self.error(from: result, conn: conn, sql: command))
+        }
+        return .success(())
+    }
+
+    /// Every CopyData message that arrived, read without blocking (after `PQconsumeInput`).
+    /// Fails when the connection broke or the server ended the stream.
+    func readCopyData() -> Result<[[UInt8]], PostgresError> {
+        guard let conn = self.conn, PQconsumeInput(conn) == 1 else {
+            return .failure(PostgresError(code: .connectionClosed, message: self.errorMessage, isConnectionError: true))
+        }
+        var messages: [[UInt8]] = []
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(conn, &buffer, 1)
+            if length > 0, let buffer {
+                messages.append(Array(UnsafeRawBufferPointer(start: buffer, count: Int(length))))
+                PQfreemem(buffer)
+                continue
+            }
+            if length == 0 { return .success(messages) }
+            // -1: the stream ended (its result says why), -2: an error.
+            var message = self.errorMessage
+            while let result = PQgetResult(conn) {
+                if PQresultStatus(result) == PGRES_FATAL_ERROR { message = Self.error(from: result, conn: conn, sql: nil).message }
+                PQclear(result)
+            }
+            return .failure(PostgresError(code: .connectionClosed, message: "the replication stream ended: \(message)", isConnectionError: true))
+        }
+    }
+
+    /// Sends one CopyData message and flushes it.
+    func writeCopyData(_ bytes: [UInt8]) -> Result<Void, PostgresError> {
+        guard let conn = self.conn else {
+            return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", isConnectionError: true))
+        }
+        let sent = bytes.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { PQputCopyData(conn, $0.baseAddress, Int32($0.count)) }
+        }
+        guard sent == 1, PQflush(conn) == 0 else {
+            return .failure(PostgresError(code: .connectionClosed, message: self.errorMessage, isConnectionError: true))
+        }
+        return .success(())
+    }
 }
 
 /// Forwards server notices to a logger (at debug level) instead of stderr.

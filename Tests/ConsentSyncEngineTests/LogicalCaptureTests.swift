@@ -161,7 +161,7 @@ import Testing
         }
     }
 
-    /// Idle, a change waits at most the capture poll interval before it is queued.
+    /// Idle, the walsender sends a committed change at once: delivered within tens of milliseconds.
     @Test func anIdleDaemonDeliversAChangeWithinTensOfMilliseconds() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start()

@@ -664,6 +664,16 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         self.pg.psql("\n".join(statements), db, timeout=max(600, count / 500))
         self.fill_offsets[db] = end
 
+    def wait_slot_read(self, db, timeout=300):
+        """Logical capture: wait until the running daemon has read the slot up to now (a message
+        of ours marks the point; the position passes it once its transaction is read)."""
+        mark = self.pg.value("SELECT pg_logical_emit_message(true, 'consent_sync.mark', '')", db)
+        deadline = time.time() + timeout
+        while self.pg.value(f"SELECT position >= '{mark}'::pg_lsn FROM consent_sync.capture_state", db) != "t":
+            if time.time() > deadline:
+                raise BenchError(f"the daemon did not read the replication slot up to {mark} within {timeout} s")
+            time.sleep(0.05)
+
     def changes(self, db):
         return int(self.pg.value("SELECT (SELECT count(*) FROM consent_sync.changes) + (SELECT count(*) FROM consent_sync.captured)", db))
 
@@ -903,7 +913,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             t = time.time()
             self.fill(db, changes)
             fill_seconds = time.time() - t
-            total = self.changes(db) - history
+            # logical capture: the changes wait in the slot until the daemon reads it
+            total = changes if self.args.capture == "logical" else self.changes(db) - history
             expected = total * k + received_before
             log(f"{label}: {total} changes committed in {fill_seconds:.1f} s; {expected} deliveries to make")
             if paused_backlog:
@@ -1071,6 +1082,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if producer.returncode != 0:
                 raise BenchError(f"pgbench failed: {producer.stderr[-2000:]}")
             produced_by_pgbench = parse_pgbench(producer.stdout)
+            if self.args.capture == "logical":
+                self.wait_slot_read(db)
             total = self.changes(db)
             expected = total * k
             self.wait_delivered(db, nginx, daemon, expected, label)

@@ -8,9 +8,8 @@ extension Relay {
         public var listen: Bool = true
         /// Safety net: look for work this often even without a notification.
         public var pollInterval: Duration = .seconds(2)
-        /// In `logical` capture mode (`consent-sync capture logical`), how often the
-        /// replication slot is read while nothing arrives: what a change may wait, at most,
-        /// before it is queued.
+        /// While switching from `logical` capture back to `table`, how often the rest of the
+        /// replication slot is read (while `logical`, the slot is streamed).
         public var capturePollInterval: Duration = .milliseconds(20)
         /// Outbox rows turned into deliveries per transaction.
         public var fanOutBatchSize: Int = 1000

@@ -109,10 +109,12 @@ public final class Relay: Service {
         }
     }
 
-    /// In `logical` capture mode, reads the replication slot into the capture queue and wakes
-    /// the pipeline (the other daemons get a NOTIFY from the database while they are idle).
-    /// One daemon at a time reads it; the others find it busy. In `table` mode, one cheap
-    /// call per poll interval notices a switch.
+    /// In `logical` capture mode, streams the replication slot into the capture queue and
+    /// wakes the pipeline (the database NOTIFYs the other daemons while they are idle). One
+    /// daemon streams at a time (PostgreSQL lets one process use a slot); the others retry
+    /// every second and take over when it stops. While switching back to `table`, the rest
+    /// of the slot is read without a stream, which then drops it. In `table` mode, one cheap
+    /// query per poll interval notices a switch.
     private func captureFromWAL() async {
         var connection: PostgresConnection?
         var failures = 0
@@ -125,10 +127,19 @@ public final class Relay: Service {
                     db = try await PostgresConnection.connect(database.with("application_name", "consent-sync capture"), logger: logger)
                     connection = db
                 }
-                let step = try await CaptureStore.capture(maxChanges: configuration.fanOutBatchSize, on: db)
+                let state = try await CaptureStore.state(on: db)
+                if state.slotLost {
+                    logger.error("the replication slot of the logical capture is lost: changes since were not captured; run 'consent-sync resync'", metadata: [
+                        "slot": "\(state.slotName ?? "")",
+                    ])
+                } else if let slot = state.slotName, state.mode == .logical {
+                    wait = try await streamCapture(slot: slot, from: state.position ?? 0, on: db)
+                } else if state.slotName != nil {
+                    let step = try await CaptureStore.capture(maxChanges: configuration.fanOutBatchSize, on: db)
+                    if step.taken > 0 { doorbell.ring() }
+                    wait = step.more ? .zero : configuration.capturePollInterval
+                }
                 failures = 0
-                if step.taken > 0 { doorbell.ring() }
-                if step.taken >= -1 { wait = step.more ? .zero : configuration.capturePollInterval }
             } catch {
                 guard !Task.isCancelled && !stopping.load(ordering: .relaxed) else { break }
                 failures += 1
@@ -142,6 +153,54 @@ public final class Relay: Service {
             if wait > .zero { try? await Task.sleep(for: wait) }
         }
         await connection?.close()
+    }
+
+    /// Streams `slot` until this daemon stops or the mode changes; returns how long to wait
+    /// before looking again (another daemon streaming it: a second).
+    private func streamCapture(slot: String, from position: UInt64, on db: PostgresConnection) async throws -> Duration {
+        let stream: PostgresReplicationStream
+        do {
+            stream = try await PostgresReplicationStream.start(
+                database.with("application_name", "consent-sync capture"),
+                slot: slot, from: position,
+                options: [("proto_version", "1"), ("publication_names", "consent_sync_capture"), ("messages", "true")],
+                logger: logger
+            )
+        } catch let error as PostgresError where error.sqlState == "55006" {
+            return .seconds(1)  // the slot is in use: another daemon streams it
+        }
+        logger.info("streaming the replication slot of the logical capture", metadata: ["slot": "\(slot)"])
+        var reader = PgOutputReader()
+        var checkedAt = ContinuousClock.now
+        do {
+            while !Task.isCancelled && !stopping.load(ordering: .relaxed) {
+                let done = reader.feed(try await stream.read(timeout: .milliseconds(500)))
+                if let last = done.last {
+                    var payloads: [String] = []
+                    var times: [Int64] = []
+                    var ends: [UInt64] = []
+                    for transaction in done {
+                        payloads += transaction.payloads
+                        times += Array(repeating: transaction.commitTime, count: transaction.payloads.count)
+                        ends += Array(repeating: transaction.end, count: transaction.payloads.count)
+                    }
+                    let taken = try await CaptureStore.queue(payloads: payloads, commitTimes: times, ends: ends, through: last.end, on: db)
+                    if taken > 0 { doorbell.ring() }
+                    try await stream.confirm(last.end)
+                }
+                if ContinuousClock.now - checkedAt > .seconds(2) {
+                    checkedAt = .now
+                    try await CaptureStore.mark(after: 16 << 20, on: db)
+                    let state = try await CaptureStore.state(on: db)
+                    if state.mode != .logical || state.slotName != slot { break }
+                }
+            }
+        } catch {
+            await stream.close()
+            throw error
+        }
+        await stream.close()
+        return .zero
     }
 
     private func janitor() async {

@@ -124,8 +124,76 @@ extension Migrations {
     END
     $fn$;
 
-    -- Moves the capture messages of committed transactions from the slot into
-    -- consent_sync.captured, in commit order, at most about max_changes decoded rows (whole
+    -- Queues the capture messages (record texts, with their commit times and the end LSN of
+    -- their transactions) read from the slot, in order, and moves the position to end_lsn
+    -- (NULL: the caller moves it), in this transaction: what is queued and how far the slot
+    -- was read commit together. Messages of transactions that end at or before the position
+    -- were queued before (a restart, or the other reader) and are skipped. A message that is
+    -- not a capture record (someone else's under our prefix, or damaged) is queued as a change
+    -- that cannot be sent, with the reason. Wakes idle daemons.
+    CREATE FUNCTION consent_sync.capture_queue(payloads text[], times timestamptz[], ends pg_lsn[], end_lsn pg_lsn)
+    RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    DECLARE
+        old pg_lsn;
+        taken integer;
+    BEGIN
+        SELECT position INTO old FROM consent_sync.capture_state FOR UPDATE;
+        IF ends IS NOT NULL AND old IS NOT NULL THEN
+            SELECT array_agg(u.p ORDER BY u.o), array_agg(u.t ORDER BY u.o) INTO payloads, times
+            FROM unnest(payloads, times, ends) WITH ORDINALITY AS u (p, t, e, o) WHERE u.e > old;
+        END IF;
+        IF end_lsn IS NOT NULL AND (old IS NULL OR end_lsn > old) THEN
+            UPDATE consent_sync.capture_state SET position = end_lsn;
+        END IF;
+        taken := coalesce(cardinality(payloads), 0);
+        IF taken = 0 THEN RETURN 0; END IF;
+        BEGIN
+            INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, status, previous_status,
+                                               source, attributes, txid, changed_at)
+            SELECT (b.m).watch_id, (b.m).table_name, (b.m).operation, (b.m).subject, (b.m).purpose, (b.m).status,
+                   (b.m).previous_status, (b.m).source, (b.m).attributes, (b.m).txid, b.committed_at
+            FROM (SELECT u.ord, u.committed_at, u.payload::consent_sync.capture_message AS m
+                  FROM unnest(payloads, times) WITH ORDINALITY AS u (payload, committed_at, ord)) b
+            ORDER BY b.ord;
+        EXCEPTION WHEN OTHERS THEN
+            FOR i IN 1 .. taken LOOP
+                BEGIN
+                    INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, status,
+                                                       previous_status, source, attributes, txid, changed_at)
+                    SELECT (x.m).watch_id, (x.m).table_name, (x.m).operation, (x.m).subject, (x.m).purpose, (x.m).status,
+                           (x.m).previous_status, (x.m).source, (x.m).attributes, (x.m).txid, times[i]
+                    FROM (SELECT payloads[i]::consent_sync.capture_message AS m) x;
+                EXCEPTION WHEN OTHERS THEN
+                    INSERT INTO consent_sync.captured (table_name, operation, subject, purpose, problem, changed_at)
+                    VALUES ('(logical decoding message)', 'INSERT', '', '', format(
+                        'a logical decoding message with the prefix consent_sync is not a capture record (%s): %s',
+                        SQLERRM, left(payloads[i], 200)), times[i]);
+                END;
+            END LOOP;
+        END;
+        IF pg_sequence_last_value('consent_sync.idle_listeners') > 0 THEN
+            PERFORM pg_notify('consent_sync', '');
+        END IF;
+        RETURN taken;
+    END
+    $fn$;
+
+    -- Transactions without a message of ours send nothing, so the slot's position would stay
+    -- put while other writes (the daemons' own) pile up behind it, kept by PostgreSQL and read
+    -- again after a restart. A message of ours, once that is more than `bytes` of WAL, gives
+    -- the reader a transaction end to move to.
+    CREATE FUNCTION consent_sync.capture_mark(bytes bigint)
+    RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    BEGIN
+        IF pg_wal_lsn_diff(pg_current_wal_lsn(), (SELECT position FROM consent_sync.capture_state)) > bytes THEN
+            PERFORM pg_logical_emit_message(true, 'consent_sync.mark', '');
+        END IF;
+    END
+    $fn$;
+
+    -- The reading without a stream (SQL functions; `consent-sync capture table` reads the rest
+    -- of the slot with it, and a daemon that cannot stream): moves the capture messages of
+    -- committed transactions from the slot into consent_sync.captured, in commit order, at most about max_changes decoded rows (whole
     -- transactions). Exactly once: position moves in this transaction with the rows, and the
     -- slot (which is not transactional) is advanced to it at the start of the next call;
     -- transactions ending at or before position are skipped. One caller at a time: the others
@@ -144,6 +212,9 @@ extension Migrations {
         SELECT * INTO st FROM consent_sync.capture_state FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN taken := -1; RETURN; END IF;
         IF st.slot_name IS NULL THEN taken := -2; RETURN; END IF;
+        IF (SELECT active FROM pg_replication_slots WHERE slot_name = st.slot_name) THEN
+            taken := -1; RETURN;                                 -- a daemon streams it
+        END IF;
         IF st.position > (SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = st.slot_name) THEN
             PERFORM pg_replication_slot_advance(st.slot_name, st.position);
         END IF;
@@ -171,49 +242,13 @@ extension Migrations {
         WHERE r.kind = 77 AND substring(r.data FROM 11 FOR 13) = '\x636f6e73656e745f73796e6300'::bytea  -- 'consent_sync'
           AND (st.position IS NULL OR t.end_lsn > st.position);
 
-        taken := coalesce(cardinality(payloads), 0);
-        IF taken > 0 THEN
-            BEGIN
-                INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, status, previous_status,
-                                                   source, attributes, txid, changed_at)
-                SELECT (b.m).watch_id, (b.m).table_name, (b.m).operation, (b.m).subject, (b.m).purpose, (b.m).status,
-                       (b.m).previous_status, (b.m).source, (b.m).attributes, (b.m).txid, b.committed_at
-                FROM (SELECT u.ord, u.committed_at, u.payload::consent_sync.capture_message AS m
-                      FROM unnest(payloads, times) WITH ORDINALITY AS u (payload, committed_at, ord)) b
-                ORDER BY b.ord;
-            EXCEPTION WHEN OTHERS THEN
-                -- Someone else's message with our prefix, or a damaged one: one at a time, and
-                -- whatever cannot be read is kept as a change that cannot be sent.
-                FOR i IN 1 .. taken LOOP
-                    BEGIN
-                        INSERT INTO consent_sync.captured (watch_id, table_name, operation, subject, purpose, status,
-                                                           previous_status, source, attributes, txid, changed_at)
-                        SELECT (x.m).watch_id, (x.m).table_name, (x.m).operation, (x.m).subject, (x.m).purpose, (x.m).status,
-                               (x.m).previous_status, (x.m).source, (x.m).attributes, (x.m).txid, times[i]
-                        FROM (SELECT payloads[i]::consent_sync.capture_message AS m) x;
-                    EXCEPTION WHEN OTHERS THEN
-                        INSERT INTO consent_sync.captured (table_name, operation, subject, purpose, problem, changed_at)
-                        VALUES ('(logical decoding message)', 'INSERT', '', '', format(
-                            'a logical decoding message with the prefix consent_sync is not a capture record (%s): %s',
-                            SQLERRM, left(payloads[i], 200)), times[i]);
-                    END;
-                END LOOP;
-            END;
-        END IF;
+        taken := consent_sync.capture_queue(payloads, times, NULL, NULL);
 
         IF last_end IS NOT NULL THEN
             UPDATE consent_sync.capture_state SET position = greatest(coalesce(position, last_end), last_end);
         END IF;
         more := decoded >= max_changes;
-        IF taken > 0 AND pg_sequence_last_value('consent_sync.idle_listeners') > 0 THEN
-            PERFORM pg_notify('consent_sync', '');
-        END IF;
-        -- Transactions without a message of ours send nothing, so the position would stay put
-        -- while the daemons' own writes pile up behind it, to be decoded again on every call.
-        -- A message of ours now and then gives the next call an end to move to.
-        IF pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(last_end, st.position)) > 1048576 THEN
-            PERFORM pg_logical_emit_message(true, 'consent_sync.mark', '');
-        END IF;
+        PERFORM consent_sync.capture_mark(1048576);
         -- Back in 'table' mode and read up to the switch: the slot is no longer needed.
         IF st.mode = 'table' AND st.drain_until IS NOT NULL
            AND coalesce(greatest(last_end, st.position), st.position) >= st.drain_until THEN
@@ -222,7 +257,5 @@ extension Migrations {
         END IF;
     END
     $fn$;
-    -- The daemons' role gets it from deploy/grants.sql; nobody else needs to read the slot.
-    REVOKE EXECUTE ON FUNCTION consent_sync.capture_from_wal(integer) FROM PUBLIC;
     """#
 }

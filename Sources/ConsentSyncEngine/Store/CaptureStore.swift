@@ -22,12 +22,14 @@ public enum CaptureStore {
         public var slotLagBytes: Int64?
         /// The slot is gone or lost its WAL (`max_slot_wal_keep_size`): changes were lost.
         public var slotLost: Bool
+        /// The end of the last transaction whose changes are queued.
+        public var position: UInt64?
     }
 
     public static func state(on connection: PostgresConnection) async throws -> State {
         let row = try await connection.query(
             """
-            SELECT c.mode, c.slot_name, s.slot_name IS NULL AS missing, s.wal_status,
+            SELECT c.mode, c.slot_name, c.position::text AS position, s.slot_name IS NULL AS missing, s.wal_status,
                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS lag
             FROM consent_sync.capture_state c LEFT JOIN pg_replication_slots s ON s.slot_name = c.slot_name
             """
@@ -39,7 +41,8 @@ public enum CaptureStore {
             mode: try CaptureMode(rawValue: mode).orThrow("unknown capture mode '\(mode)'"),
             slotName: slot,
             slotLagBytes: row.optionalString("lag").flatMap(Int64.init),
-            slotLost: slot != nil && (missing || row.optionalString("wal_status") == "lost")
+            slotLost: slot != nil && (missing || row.optionalString("wal_status") == "lost"),
+            position: row.optionalString("position").flatMap(PostgresReplicationStream.parse)
         )
     }
 
@@ -55,9 +58,18 @@ public enum CaptureStore {
             guard level == "logical" else {
                 throw CaptureModeError(reason: "capture through the WAL needs wal_level = logical (it is \(level)); set it in postgresql.conf and restart PostgreSQL")
             }
+            // Slots are named per cluster: the database's oid keeps two copies of one
+            // installation (a restored dump) in one cluster apart.
             let installation = try await DeliveryStore.installationID(on: connection)
-            let slot = current.slotName ?? "consent_sync_" + String(installation.lowercased().filter { $0.isHexDigit }.prefix(20))
-            let exists = try await !connection.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", [slot]).isEmpty
+            let oid = try await connection.query("SELECT oid FROM pg_database WHERE datname = current_database()").first?.string("oid") ?? "0"
+            let slot = current.slotName ?? "consent_sync_\(installation.lowercased().filter { $0.isHexDigit }.prefix(16))_\(oid)"
+            let found = try await connection.query(
+                "SELECT coalesce(database = current_database(), false) AS ours FROM pg_replication_slots WHERE slot_name = $1", [slot]
+            )
+            if let other = found.first, try !other.bool("ours") {
+                throw CaptureModeError(reason: "replication slot \(slot) belongs to another database; drop it (pg_drop_replication_slot) if it is left over")
+            }
+            let exists = !found.isEmpty
             if !exists {
                 // Outside a transaction: PostgreSQL refuses to create one in a transaction that wrote.
                 try await connection.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slot])
@@ -78,6 +90,34 @@ public enum CaptureStore {
                 if step.taken == -1 { try await Task.sleep(for: .milliseconds(50)) }
             }
         }
+    }
+
+    /// Queues the capture messages of transactions read from the slot's stream (record texts,
+    /// their commit times, their transactions' ends) and moves the position to `end` in the
+    /// same transaction; what was queued before is skipped. Returns how many were queued.
+    /// `commitTimes` as PostgreSQL sends them: microseconds since 2000-01-01 UTC.
+    static func queue(payloads: [String], commitTimes: [Int64], ends: [UInt64], through end: UInt64, on connection: PostgresConnection) async throws -> Int {
+        let rows = try await connection.query(
+            """
+            SELECT consent_sync.capture_queue($1::text[],
+                       ARRAY(SELECT timestamptz '2000-01-01 00:00:00+00' + t * interval '1 microsecond'
+                             FROM unnest($2::bigint[]) WITH ORDINALITY AS u (t, o) ORDER BY o),
+                       $3::pg_lsn[], $4::pg_lsn) AS taken
+            """,
+            [
+                postgresArray(payloads),
+                postgresArray(commitTimes.map(String.init)),
+                postgresArray(ends.map(PostgresReplicationStream.format)),
+                PostgresReplicationStream.format(end),
+            ]
+        )
+        return try rows.first?.int("taken") ?? 0
+    }
+
+    /// Writes a message of ours when the position is more than `bytes` of WAL behind, so that
+    /// a quiet slot still moves on (``queue(payloads:commitTimes:ends:through:on:)`` takes its end).
+    static func mark(after bytes: Int, on connection: PostgresConnection) async throws {
+        try await connection.query("SELECT consent_sync.capture_mark($1::bigint)", [String(bytes)])
     }
 
     /// Moves what the slot holds into the capture queue, at most about `maxChanges` decoded
