@@ -12,9 +12,10 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA consent_sync GRANT SELECT, INSERT, UPDATE, DE
 ALTER DEFAULT PRIVILEGES IN SCHEMA consent_sync GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO consent_sync;
 -- resync reads watched tables through this function, with the owner's rights.
 GRANT EXECUTE ON FUNCTION consent_sync.resync_chunk(bigint, bigint, jsonb, integer) TO consent_sync;
--- With 'consent-sync capture logical', the daemons read the replication slot through
--- consent_sync.capture_from_wal(), with the owner's rights (the owner needs the REPLICATION
--- attribute then); like every function, it is executable by default.
+-- With 'consent-sync capture logical', the daemons stream the replication slot (their role
+-- needs the REPLICATION attribute then, see INSTALL.md) and queue what they read through
+-- consent_sync.capture_queue(), with the owner's rights; like every function, it is
+-- executable by default.
 GRANT USAGE ON SCHEMA consent_sync TO :"app";
 GRANT SELECT, INSERT, UPDATE, DELETE ON consent_sync.consents TO :"app";
 -- For each table of the application attached with 'consent-sync watch add' (run as

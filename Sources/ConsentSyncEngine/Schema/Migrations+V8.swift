@@ -192,9 +192,9 @@ extension Migrations {
     $fn$;
 
     -- The reading without a stream (SQL functions; `consent-sync capture table` reads the rest
-    -- of the slot with it, and a daemon that cannot stream): moves the capture messages of
-    -- committed transactions from the slot into consent_sync.captured, in commit order, at most about max_changes decoded rows (whole
-    -- transactions). Exactly once: position moves in this transaction with the rows, and the
+    -- of the slot with it): moves the capture messages of committed transactions from the slot
+    -- into consent_sync.captured, in commit order, at most about max_changes decoded rows
+    -- (whole transactions); it decodes again from the slot's restart point on every call. Exactly once: position moves in this transaction with the rows, and the
     -- slot (which is not transactional) is advanced to it at the start of the next call;
     -- transactions ending at or before position are skipped. One caller at a time: the others
     -- get taken = -1 at once. taken = -2: no slot in use. A message with our prefix that is not
