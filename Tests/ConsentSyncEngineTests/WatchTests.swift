@@ -41,7 +41,9 @@ struct WatchTests {
         return try rows.first?.int("n") ?? -1
     }
 
-    @Test func anExistingTableIsCapturedWithMappedStatusesAndOnlyAllowedColumns() async throws {
+    /// In both capture modes: the trigger's row, or its WAL message (`capture logical`).
+    @Test(arguments: CaptureMode.allCases)
+    func anExistingTableIsCapturedWithMappedStatusesAndOnlyAllowedColumns(capture: CaptureMode) async throws {
         try await RelayFixture.withMigratedDatabase { database in
             try await database.withConnection { try await $0.execute(Self.applicationTable) }
 
@@ -57,6 +59,9 @@ struct WatchTests {
             let before = try await database.withConnection(WatchStore.list(on:))
             #expect(before.count == 1, "only the default table is watched")
 
+            if capture == .logical {
+                try await database.withConnection { try await CaptureStore.setMode(.logical, on: $0) }
+            }
             let watch = try await database.withConnection { try await WatchStore.add(Self.definition(), on: $0) }
             #expect(try await database.withConnection(Self.triggerCount) == 2, "consent_sync_capture and consent_sync_capture_update")
             let listed = try await database.withConnection(WatchStore.list(on:))

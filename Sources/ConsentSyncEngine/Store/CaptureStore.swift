@@ -120,6 +120,22 @@ public enum CaptureStore {
         try await connection.query("SELECT consent_sync.capture_mark($1::bigint)", [String(bytes)])
     }
 
+    /// Waits until every transaction committed so far has been read from the slot into the
+    /// queue: by a daemon streaming it, or here when none does. Throws after `timeout`.
+    public static func readUpToNow(on connection: PostgresConnection, timeout: Duration = .seconds(30)) async throws {
+        guard try await state(on: connection).slotName != nil else { return }
+        let now = try await connection.query("SELECT pg_logical_emit_message(true, 'consent_sync.mark', '')::text AS lsn").first?.string("lsn")
+        let target = try (now.flatMap(PostgresReplicationStream.parse)).orThrow("pg_logical_emit_message returned no LSN")
+        let deadline = ContinuousClock.now + timeout
+        while try await (state(on: connection).position ?? 0) < target {
+            guard ContinuousClock.now < deadline else {
+                throw CaptureModeError(reason: "the replication slot was not read up to now within \(timeout); is a daemon running (or holding the slot without reading it)?")
+            }
+            let step = try await capture(maxChanges: 10_000, on: connection)
+            if step.taken < 0 || !step.more { try await Task.sleep(for: .milliseconds(50)) }
+        }
+    }
+
     /// Moves what the slot holds into the capture queue, at most about `maxChanges` decoded
     /// rows (whole transactions). `taken`: changes queued; -1 when another daemon is reading
     /// the slot now, -2 when no slot is in use. `more`: call again at once.

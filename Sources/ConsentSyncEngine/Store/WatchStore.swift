@@ -228,7 +228,22 @@ public enum WatchStore {
     /// - Returns: false when the table was not watched.
     @discardableResult
     public static func remove(schema: String, table: String, on connection: PostgresConnection) async throws -> Bool {
-        try await connection.withTransaction { connection in
+        if try await CaptureStore.state(on: connection).slotName != nil {
+            // Logical capture: the table's last changes may still be in the replication slot.
+            // Stop capturing first, then read the slot up to now, so that they are queued
+            // while the watch's status map is still here. (Run again after a failure: both
+            // steps can be repeated.)
+            try await connection.withTransaction { connection in
+                let rows = try await connection.query(
+                    "SELECT id FROM consent_sync.watches WHERE table_schema = $1 AND table_name = $2 FOR UPDATE", [schema, table]
+                )
+                if let id = try rows.first?.int64("id") {
+                    try await connection.query("SELECT consent_sync.uninstall_watch($1::bigint)", [String(id)])
+                }
+            }
+            try await CaptureStore.readUpToNow(on: connection)
+        }
+        return try await connection.withTransaction { connection in
             let rows = try await connection.query(
                 "SELECT id FROM consent_sync.watches WHERE table_schema = $1 AND table_name = $2 FOR UPDATE",
                 [schema, table]
