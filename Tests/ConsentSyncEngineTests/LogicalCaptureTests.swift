@@ -1,5 +1,6 @@
 import ConsentSyncCore
 import ConsentSyncEngine
+import ConsentSyncHTTP
 import ConsentSyncPostgres
 import ConsentSyncTestKit
 import Foundation
@@ -201,11 +202,21 @@ import Testing
             let bogus = try await DaemonProcess.run(["capture", "bogus"], environment: environment)
             #expect(bogus.status == 64 && bogus.stderr.contains("unknown capture mode 'bogus'; use table or logical"), "\(bogus.stderr)")
 
-            let daemon = try DaemonProcess(["run"], environment: environment)
+            let daemon = try DaemonProcess(["run"], environment: environment.merging([
+                "CONSENT_SYNC_OPS_ENABLED": "true", "CONSENT_SYNC_OPS_LISTEN": "127.0.0.1:0", "CONSENT_SYNC_RELAY_BACKLOG_INTERVAL_MS": "200",
+            ]) { $1 })
             defer { daemon.signal(SIGKILL) }
             try await daemon.waitForLog("relay connected")
+            let port = try await daemon.waitForOpsPort()
             try await ConsentWriter(database: database).set("cli", "email", .withdrawn)
             try await receiver.waitForRequests(count: 1)
+            // The slot's WAL and whether it was lost, for alerts.
+            let client = HTTPClient(logger: RelayFixture.logger)
+            defer { client.shutdown() }
+            try await waitUntil("the slot's gauges are exported") {
+                let metrics = try await ProofTests.get(client, "http://127.0.0.1:\(port)/metrics", token: nil).body
+                return metrics.contains("consent_sync_capture_slot_wal_bytes ") && metrics.contains("consent_sync_capture_slot_lost 0")
+            }
             let status = try await DaemonProcess.run(["status"], environment: environment)
             #expect(status.stdout.contains("capture: logical, replication slot holds"), "\(status.stdout)")
             daemon.signal(SIGTERM)

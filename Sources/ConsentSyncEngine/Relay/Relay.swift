@@ -235,6 +235,7 @@ public final class Relay: Service {
                         metrics.backlog(subscriber: line.subscriber, pending: line.backlog, oldestSeconds: line.oldestSeconds, dead: line.dead)
                     }
                     health.update { $0.backlog = lines.reduce(0) { $0 + $1.backlog } }
+                    metrics.captureSlot(try await CaptureStore.state(on: live))
                 }
                 if ContinuousClock.now - housekeptAt >= configuration.housekeepingInterval {
                     housekeptAt = .now

@@ -32,6 +32,12 @@ struct RelayMetrics: Sendable {
         Timer(label: "consent_sync_delivery_lag_seconds", dimensions: [("subscriber", subscriber)]).recordNanoseconds(duration.nanoseconds)
     }
 
+    /// Logical capture: the WAL the replication slot holds (0 without a slot), and whether it was lost.
+    func captureSlot(_ state: CaptureStore.State) {
+        Gauge(label: "consent_sync_capture_slot_wal_bytes").record(state.slotLagBytes ?? 0)
+        Gauge(label: "consent_sync_capture_slot_lost").record(state.slotLost ? 1 : 0)
+    }
+
     func backlog(subscriber: String, pending: Int, oldestSeconds: Double, dead: Int) {
         Gauge(label: "consent_sync_backlog", dimensions: [("subscriber", subscriber)]).record(pending)
         Gauge(label: "consent_sync_oldest_pending_seconds", dimensions: [("subscriber", subscriber)]).record(oldestSeconds)
