@@ -664,6 +664,17 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         self.pg.psql("\n".join(statements), db, timeout=max(600, count / 500))
         self.fill_offsets[db] = end
 
+    def read_slot(self, db, timeout=600):
+        """Logical capture, no daemon running: read the slot into the queue up to now, with the
+        SQL reader (it only sees flushed WAL, so it goes on until a message of ours written
+        after the last change has been read)."""
+        mark = self.pg.value("SELECT pg_logical_emit_message(true, 'consent_sync.mark', '')", db)
+        deadline = time.time() + timeout
+        while self.pg.value(f"SELECT position >= '{mark}'::pg_lsn FROM consent_sync.capture_state", db) != "t":
+            if time.time() > deadline:
+                raise BenchError(f"the replication slot was not read up to {mark} within {timeout} s")
+            self.pg.psql("SELECT * FROM consent_sync.capture_from_wal(50000)", db, timeout=timeout)
+
     def wait_slot_read(self, db, timeout=300):
         """Logical capture: wait until the running daemon has read the slot up to now (a message
         of ours marks the point; the position passes it once its transaction is read)."""
@@ -1240,8 +1251,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 figures = parse_pgbench(run.stdout)
                 if mode == "logical":
                     # no daemon runs meanwhile: read the slot into the queue now, to count
-                    self.pg.psql("DO $$ DECLARE r record; BEGIN LOOP SELECT * INTO r FROM consent_sync.capture_from_wal(50000); "
-                                 "EXIT WHEN NOT r.more; END LOOP; END $$", db, timeout=600)
+                    self.read_slot(db)
                 captured = self.changes(db) - changes0
                 if trigger and figures.get("transactions") and captured != figures["transactions"]:
                     message = f"producer ({mode}): {figures['transactions']} transactions but {captured} captured changes"
