@@ -10,10 +10,11 @@ struct CaptureCommand: AsyncParsableCommand {
         discussion: """
             table (the default): the capture trigger inserts each change into a queue table in the \
             application's transaction. logical: it writes a logical decoding message instead (one WAL \
-            record, no row), and a daemon reads the messages of committed transactions from a \
+            record, no row), and a daemon streams the messages of committed transactions from a \
             replication slot, in commit order, exactly once. Cheaper for the application's writes; needs \
-            wal_level = logical, the REPLICATION attribute (or superuser) for the role that runs this, \
-            and a daemon reading the slot: an unread slot keeps WAL (set max_slot_wal_keep_size). \
+            wal_level = logical, the REPLICATION attribute (or superuser) for the role that runs this and \
+            for the daemons' role, and a daemon reading the slot: an unread slot keeps WAL (set \
+            max_slot_wal_keep_size). \
             Switching locks the watched tables against writes for a moment; switching back to table \
             reads the slot up to the switch and drops it. Without an argument: the mode and the slot.
             """
