@@ -132,7 +132,8 @@ struct PostgresListenerTests {
         let stoppedAt = ContinuousClock.now
         await recording.stop()
         #expect(recording.isFinished)
-        #expect(ContinuousClock.now - stoppedAt < .seconds(2))
+        // Promptly, not after a connection attempt's timeout (wide: a loaded machine).
+        #expect(ContinuousClock.now - stoppedAt < .seconds(10))
     }
 }
 
