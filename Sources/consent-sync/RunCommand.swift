@@ -92,6 +92,12 @@ struct RunCommand: AsyncParsableCommand {
         }
         await shutDown(http, logger: logger)
         logger.info("consent-sync stopped")
+        // Every result is written and every log line too (one write(2) each). End here rather
+        // than in exit(), whose atexit handlers (OpenSSL's, libcurl's) run while other threads,
+        // such as the listener's, may still be inside libpq: seen once in CI, a daemon that had
+        // logged "stopped" was still there 30 s later.
+        fflush(nil)  // every stdio stream (print)
+        _exit(0)
     }
 
     /// Stops the HTTP client's thread, but never lets it hold up the exit: every result is
