@@ -17,17 +17,13 @@ struct WakeupTests {
             var configuration = Relay.Configuration.forTests
             configuration.pollInterval = .seconds(3600)
             try await RelayFixture.withRelay(on: database, configuration: configuration) { _ in
-                try await waitUntil("the relay says it is idle") {
-                    try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners WHERE idle") }.count == 1
-                }
+                try await waitUntilIdle(database)
                 // What the capture trigger reads: the number of idle daemons.
                 #expect(try await database.withConnection(Self.idleFlag) == 1)
                 // Only a NOTIFY can deliver this within the test: the poll is an hour away.
                 try await ConsentWriter(database: database).set("idle-1", "email", .granted)
                 try await receiver.waitForRequests(count: 1, timeout: .seconds(10))
-                try await waitUntil("idle again") {
-                    try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners WHERE idle") }.count == 1
-                }
+                try await waitUntilIdle(database)  // idle again
                 try await ConsentWriter(database: database).set("idle-2", "email", .denied)
                 try await receiver.waitForRequests(count: 2, timeout: .seconds(10))
             }
@@ -87,9 +83,7 @@ struct WakeupTests {
             let writers = 4
             let perWriter = 400
             try await RelayFixture.withRelay(on: database) { _ in
-                try await waitUntil("the relay says it is idle") {
-                    try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners WHERE idle") }.count == 1
-                }
+                try await waitUntilIdle(database)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for writer in 0..<writers {
                         group.addTask {
