@@ -177,6 +177,7 @@ final class LibPQConnection: @unchecked Sendable {
                 let values = statement.parameters.map { $0.map { strdup($0) } ?? nil }
                 defer { values.forEach { free($0) } }
                 let count = Int32(values.count)
+                let prepare = prepare || statement.prepared
                 var name = prepare ? self.preparedNames[statement.sql] ?? preparingBySQL[statement.sql] : nil
                 if name == nil, prepare, self.preparedCount < Self.maxPreparedStatements {
                     // A fresh name each time: one that failed or went unconfirmed is never reused.

@@ -74,6 +74,22 @@ struct PostgresPipelineTests {
             }
         }
     }
+
+    @Test func onlyStatementsMarkedPreparedArePreparedInAnUnpreparedPipeline() async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            try await database.withOpenConnection { connection in
+                let marked = PostgresStatement("SELECT $1::int + 1 AS n", ["1"], prepared: true)
+                let plain = PostgresStatement("SELECT $1::int + 2 AS n", ["1"])
+                for _ in 0..<3 {
+                    let results = try await connection.pipeline([[marked, plain]])
+                    #expect(try results[0].get().first?.int("n") == 2)
+                    #expect(try results[1].get().first?.int("n") == 3)
+                }
+                let prepared = try await connection.query("SELECT statement FROM pg_prepared_statements")
+                #expect(prepared.map { $0.optionalString("statement") } == [marked.sql])
+            }
+        }
+    }
 }
 
 extension Result {
