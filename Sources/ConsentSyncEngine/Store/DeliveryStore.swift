@@ -67,6 +67,15 @@ enum DeliveryStore {
     /// ANALYZE before a back-fill, until autovacuum analyzes again) made the planner scan
     /// `deliveries` once per new delivery: 4.8 s per fan-out of 1,000 changes, a 50-second
     /// stall at the start of the benchmark's 100,000-change drain.
+    ///
+    /// The fan-out, claim, failure tracking and lock statements are prepared (`prepared: true`):
+    /// parsed once per connection, and planned once when PostgreSQL finds its generic plan no
+    /// worse than the custom ones. Planning the fan-out cost 0.85 ms per round, most of it
+    /// for an empty outbox; prepared, a 30,000-change drain ran at 8,700 instead of 6,500
+    /// deliveries/s and live latency at 1,000 changes/s fell from p50 8.6 / p99 22.6 ms to
+    /// 3.2 / 9.8 ms. Generic plans are safe here because no sequential scan is allowed. The
+    /// write-back is not prepared: its generic plan measured slower (5.0 against 3.8 ms per
+    /// round of 90 results).
     static func prepareSession(_ connection: PostgresConnection) async throws {
         try await connection.execute("SET jit = off; SET enable_seqscan = off")
     }
@@ -91,7 +100,7 @@ enum DeliveryStore {
     /// rows are completed in place. Every visible row is taken, whatever its id: no watermark.
     static func fanOutStatements(limit: Int) -> [PostgresStatement] {
         [
-            PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)]),
+            PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)], prepared: true),
             PostgresStatement(
                 """
                 WITH picked AS (
@@ -145,7 +154,8 @@ enum DeliveryStore {
                        (SELECT min(id) FROM batch) AS first, (SELECT max(id) FROM batch) AS last,
                        EXISTS (SELECT 1 FROM consent_sync.subscribers WHERE newest_wins) AS newest_wins
                 """,
-                [String(limit)]
+                [String(limit)],
+                prepared: true
             ),
         ]
     }
@@ -288,7 +298,8 @@ enum DeliveryStore {
                 postgresArray(budgets.map { String($0.subscriberID) }),
                 postgresArray(budgets.map { String($0.count) }),
                 String(lease.seconds),
-            ]
+            ],
+            prepared: true
         )
     }
 
@@ -335,7 +346,7 @@ enum DeliveryStore {
     /// the results. Its second statement's rows go to ``recordResult(_:)``.
     static func recordStatements(_ records: [AttemptRecord], owner: UUID) -> [PostgresStatement] {
         [
-            PostgresStatement("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)]),
+            PostgresStatement("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)], prepared: true),
             PostgresStatement(
                 """
                 WITH input AS (
@@ -485,7 +496,8 @@ enum DeliveryStore {
                 postgresArray(entries.map { String($0.key) }),
                 postgresArray(entries.map { $0.value ? "true" : "false" }),
                 String(disableAfter?.seconds ?? 1e12),
-            ]
+            ],
+            prepared: true
         )
     }
 
