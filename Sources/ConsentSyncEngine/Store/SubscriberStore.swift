@@ -274,31 +274,35 @@ func postgresArray(_ values: [String]) -> String {
 /// Like ``postgresArray(_:)``, with `nil` as SQL NULL. NUL characters, which PostgreSQL
 /// text cannot hold, become U+FFFD.
 ///
-/// Escaping works on Unicode scalars, not `Character`s: a quote followed by a combining mark
-/// is one grapheme, and must still be escaped (found with a receiver answering random bytes).
+/// Escaping works on UTF-8 bytes, not `Character`s: a quote followed by a combining mark is
+/// one grapheme, and must still be escaped (found with a receiver answering random bytes).
+/// The three bytes it looks for (`"`, `\`, NUL) never occur inside a multi-byte sequence.
+/// Built once per round for every result written back, so it copies bytes rather than
+/// appending scalars one by one.
 func postgresArrayOfOptionals(_ values: [String?]) -> String {
-    var literal = String.UnicodeScalarView()
-    literal.append("{")
+    var literal: [UInt8] = []
+    literal.reserveCapacity(2 + values.reduce(0) { $0 + ($1?.utf8.count ?? 4) + 3 })
+    literal.append(UInt8(ascii: "{"))
     for (index, value) in values.enumerated() {
-        if index > 0 { literal.append(",") }
+        if index > 0 { literal.append(UInt8(ascii: ",")) }
         guard let value else {
-            literal.append(contentsOf: "NULL".unicodeScalars)
+            literal.append(contentsOf: "NULL".utf8)
             continue
         }
-        literal.append("\"")
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"", "\\":
-                literal.append("\\")
-                literal.append(scalar)
-            case "\u{0}":
-                literal.append("\u{FFFD}")
+        literal.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                literal.append(UInt8(ascii: "\\"))
+                literal.append(byte)
+            case 0:
+                literal.append(contentsOf: [0xEF, 0xBF, 0xBD])  // U+FFFD
             default:
-                literal.append(scalar)
+                literal.append(byte)
             }
         }
-        literal.append("\"")
+        literal.append(UInt8(ascii: "\""))
     }
-    literal.append("}")
-    return String(literal)
+    literal.append(UInt8(ascii: "}"))
+    return String(decoding: literal, as: UTF8.self)
 }
