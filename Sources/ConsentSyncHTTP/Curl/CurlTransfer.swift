@@ -253,7 +253,7 @@ final class CurlTransfer {
             self.headerLimitExceeded = true
             return false
         }
-        self.head.consume(Substring(String(decoding: bytes, as: UTF8.self)))
+        self.head.consume(utf8: bytes)
         return true
     }
 

@@ -10,46 +10,53 @@ struct ResponseHeadParser {
 
     /// Feeds one line, with or without its CRLF.
     mutating func consume(_ rawLine: Substring) {
-        var line = rawLine
-        while let last = line.last, last == "\r" || last == "\n" || last == "\r\n" {
-            line.removeLast()
+        self.consume(utf8: Array(rawLine.utf8))
+    }
+
+    /// Feeds one line as the bytes libcurl's header callback passes, with or without its CRLF.
+    ///
+    /// Works on bytes throughout: the delimiters (CR, LF, space, tab, colon) are ASCII and never
+    /// part of a multi-byte sequence, so a combining or prepended mark cannot glue itself to one
+    /// and move a split (a `Character`-wise search did: found by the receiver fuzz target).
+    mutating func consume<Bytes: BidirectionalCollection>(utf8 rawLine: Bytes) where Bytes.Element == UInt8 {
+        var end = rawLine.endIndex
+        while end > rawLine.startIndex {
+            let before = rawLine.index(before: end)
+            guard rawLine[before] == UInt8(ascii: "\r") || rawLine[before] == UInt8(ascii: "\n") else { break }
+            end = before
         }
-        if line.hasPrefix("HTTP/") {
+        let line = rawLine[rawLine.startIndex..<end]
+        if line.starts(with: "HTTP/".utf8) {
             self.headers.removeAll(keepingCapacity: true)
             self.headEnded = false
             return
         }
-        if line.isEmpty {
+        guard let first = line.first else {
             self.headEnded = true
             return
         }
         // Trailers, after the blank line, are not response headers.
         guard !self.headEnded else { return }
-        if let first = line.first, first == " " || first == "\t" {
+        if first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
             // obs-fold: continues the previous field's value
             if !self.headers.isEmpty {
-                self.headers[self.headers.count - 1].value += " " + line.trimmingSpaces()
+                self.headers[self.headers.count - 1].value += " " + Self.trimmed(line)
             }
             return
         }
-        // Split on the first ':' byte: a Character-wise search lets a combining or prepended
-        // mark glue itself to the colon and moves the split (found by the receiver fuzz target).
-        let bytes = Array(line.utf8)
-        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return }
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return }
         self.headers.append(
-            HTTPHeader(
-                name: String(decoding: bytes[..<colon], as: UTF8.self).trimmingSpaces(),
-                value: String(decoding: bytes[(colon + 1)...], as: UTF8.self).trimmingSpaces()
-            )
+            HTTPHeader(name: Self.trimmed(line[..<colon]), value: Self.trimmed(line[line.index(after: colon)...]))
         )
     }
-}
 
-extension StringProtocol {
-    fileprivate func trimmingSpaces() -> String {
-        var result = Substring(self)
-        while let first = result.first, first == " " || first == "\t" { result.removeFirst() }
-        while let last = result.last, last == " " || last == "\t" { result.removeLast() }
-        return String(result)
+    /// The text of `bytes` without leading and trailing spaces and tabs.
+    private static func trimmed<Bytes: BidirectionalCollection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        func isSpace(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var start = bytes.startIndex
+        var end = bytes.endIndex
+        while start < end, isSpace(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, isSpace(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
+        return String(decoding: bytes[start..<end], as: UTF8.self)
     }
 }
