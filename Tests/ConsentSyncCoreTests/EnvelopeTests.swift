@@ -87,4 +87,22 @@ import Testing
     @Test func eventTypesMustBeKnown() {
         #expect(throws: SubscriberValidationError.self) { try SubscriberValidation.validateEventTypes(["consent.granted", "consent.typo"]) }
     }
+
+    @Test("timestamps match the Gregorian calendar in UTC, leap days and centuries included")
+    func timestampsMatchTheCalendar() {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        var generator = SystemRandomNumberGenerator()
+        let fixed: [TimeInterval] = [0, 951_782_400, 951_868_799.999999, 4_107_542_400, 1_709_164_800.5, 253_402_300_799]
+        let random = (0..<2_000).map { _ in TimeInterval(Int64.random(in: 0...253_402_300_799, using: &generator)) }
+        for seconds in fixed + random {
+            let date = Date(timeIntervalSince1970: seconds)
+            let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: Date(timeIntervalSince1970: seconds.rounded(.down)))
+            let expected = String(
+                format: "%04d-%02d-%02dT%02d:%02d:%02d", parts.year!, parts.month!, parts.day!, parts.hour!, parts.minute!, parts.second!
+            )
+            #expect(EventEnvelope.timestamp(date).prefix(19) == Substring(expected), "\(seconds)")
+        }
+        #expect(EventEnvelope.timestamp(Date(timeIntervalSince1970: 951_868_799.999999)) == "2000-02-29T23:59:59.999999Z")
+    }
 }
