@@ -630,6 +630,8 @@ class Bench:
         self.pg.create_db(name)
         self.pg.psql("ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min'; SELECT pg_reload_conf();")
         Daemon(self, name, os.path.join(self.out, "daemon.log")).command("migrate")
+        if self.args.after_migrate_sql:
+            self.pg.psql(self.args.after_migrate_sql, name)
         if self.args.capture == "logical" and not label.startswith("producer"):
             Daemon(self, name, os.path.join(self.out, "daemon.log")).command("capture", "logical")
         self.fill_offsets[name] = 0
@@ -1753,6 +1755,8 @@ def parse_args(argv):
     p.add_argument("--explain-min-ms", type=int, default=env_default("explain_min_ms", 20, int),
                    help="profile: auto_explain threshold for the plans of slow statements (default 20)")
     p.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="profile without callgrind")
+    p.add_argument("--after-migrate-sql", default="", metavar="SQL",
+                   help="run SQL on each benchmark database after 'migrate' (what-if experiments, e.g. without an index)")
     p.add_argument("--keep-databases", action="store_true", help="do not drop the scenario databases (debugging)")
     args = p.parse_args(argv)
 
