@@ -1,10 +1,12 @@
 import CCurl
 
-/// One easy handle and the buffers its callbacks fill.
+/// One request on an easy handle, and the buffers its callbacks fill.
 ///
 /// Confined to the multi loop's thread: created, driven and destroyed there.
 /// The callbacks receive `self` unretained; the loop keeps the transfer alive
 /// in its table for as long as the easy handle is attached to the multi handle.
+/// The loop owns the easy handle: it resets it after the transfer (every option,
+/// callback and pointer into this object gone) and hands it to the next one.
 final class CurlTransfer {
     let pending: PendingRequest
     let easy: UnsafeMutableRawPointer
@@ -42,10 +44,7 @@ final class CurlTransfer {
     /// Creates the easy handle and sets every option; throws when libcurl
     /// rejects one (an old libcurl without `CURLOPT_PROTOCOLS_STR`, say) so a
     /// request never runs with a protection missing.
-    init(pending: PendingRequest, configuration: HTTPClient.Configuration) throws(HTTPClientError) {
-        guard let easy = curl_easy_init() else {
-            throw HTTPClientError(code: .other, message: "curl_easy_init failed (out of memory?)")
-        }
+    init(pending: PendingRequest, easy: UnsafeMutableRawPointer, configuration: HTTPClient.Configuration) throws(HTTPClientError) {
         self.pending = pending
         self.easy = easy
         self.errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
@@ -54,12 +53,10 @@ final class CurlTransfer {
         self.maxResponseHeaderBytes = configuration.maxResponseHeaderBytes
         self.addressPolicy = configuration.proxy == nil ? pending.addressPolicy : nil
         self.connectOnlyToLoopback = configuration.connectOnlyToLoopback
-        self.body.reserveCapacity(min(self.maxResponseBytes, 64 * 1024))
         try self.configure(pending.request, configuration)
     }
 
     deinit {
-        curl_easy_cleanup(self.easy)
         curl_slist_free_all(self.headerList)
         curl_slist_free_all(self.resolveList)
         self.errorBuffer.deallocate()
