@@ -11,7 +11,7 @@ public enum WebhookSigner {
     }
 
     static func sign(id: String, timestamp: Int64, body: [UInt8], secret: SigningSecret) -> String {
-        var mac = HMAC<SHA256>(key: SymmetricKey(data: secret.key))
+        var mac = secret.keyed
         mac.update(data: Array("\(id).\(timestamp).".utf8))
         mac.update(data: body)
         return Data(mac.finalize()).base64EncodedString()
