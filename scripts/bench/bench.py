@@ -1090,6 +1090,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 argv += ["--rate", str(rate)]
             watch = Stopwatch(self, daemon, nginx)
             before = watch.sample()
+            xact_sql = f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"
+            xact0 = int(self.pg.value(xact_sql))
             log(f"{label}: {' '.join(argv[1:])}")
             producer = subprocess.run(argv, capture_output=True, text=True, env=self.pg.env(db), timeout=seconds + 120)
             if producer.returncode != 0:
@@ -1101,6 +1103,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             expected = total * k
             self.wait_delivered(db, nginx, daemon, expected, label)
             after = watch.sample()
+            # the producer's own transactions (one per pgbench transaction) are not the relay's
+            relay_xacts = int(self.pg.value(xact_sql)) - xact0 - total
             daemon.rss()
             daemon.stop()
             daemon = None
@@ -1110,7 +1114,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             measured = [(r[2], r[3]) for r in per.values() if r[1] > warm_max and r[3] is not None]
             result = self.latency_figures(label, k, rate, seconds, clients, measured, cpu, produced_by_pgbench)
             result.update(self_check="ok" if ok else "FAILED", check=check,
-                          peak_rss_mib=round(daemon_peak(watch) / 1024, 1))
+                          peak_rss_mib=round(daemon_peak(watch) / 1024, 1),
+                          relay_transactions_per_delivery=round(relay_xacts / max(1, len(measured)), 3))
             return result
         finally:
             if daemon:
