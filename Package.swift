@@ -75,6 +75,7 @@ let package = Package(
         .target(
             name: "ConsentSyncLogging",
             dependencies: [
+                "ConsentSyncCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],

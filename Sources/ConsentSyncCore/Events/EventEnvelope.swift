@@ -46,26 +46,8 @@ public struct EventEnvelope: Sendable {
     /// RFC 3339 in UTC with microseconds, as PostgreSQL keeps them.
     public static func timestamp(_ date: Date) -> String {
         let totalMicros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
-        let seconds = Int(totalMicros.floorDiv(1_000_000))
-        let micros = Int(totalMicros - Int64(seconds) * 1_000_000)
-        // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's civil_from_days):
-        // once per change, so no Calendar.
-        let days = Int(Int64(seconds).floorDiv(86_400))
-        let secondOfDay = seconds - days * 86_400
-        let shifted = days + 719_468
-        let era = (shifted >= 0 ? shifted : shifted - 146_096) / 146_097
-        let dayOfEra = shifted - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let monthIndex = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
-        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
-        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
-        func pad(_ value: Int, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3_600, 2)):\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+        let seconds = totalMicros.floorDiv(1_000_000)
+        return UTCTimestamp.format(seconds: seconds, fraction: totalMicros - seconds * 1_000_000, digits: 6)
     }
 }
 
