@@ -12,8 +12,14 @@ struct ArrayLiteralTests {
     static let awkward: [String?] = [
         "", "plain", "with space", "comma,inside", "{braces}", "quote \" inside", "back\\slash", "\\\"", "NULL", nil,
         "\"\u{301} quote before a combining mark", "\\\u{301}", "trailing backslash \\", "ünïcödé 🦄 \u{0604}:",
-        "line\nbreak\ttab\r", "nul\u{0}inside", "\u{0}",
+        "line\nbreak\ttab\r", "nul\u{0}inside", "\u{0}", "nul before a combining mark \u{0}\u{301}",
     ]
+
+    /// NUL scalars as U+FFFD. Scalar by scalar: a `String` replacement compares Characters, and
+    /// misses a NUL that a combining mark follows (a random string in CI had one).
+    static func nulReplaced(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { $0 == "\u{0}" ? "\u{FFFD}" : $0 }))
+    }
 
     @Test func postgresReadsBackEveryStringAsItWent() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
@@ -23,7 +29,7 @@ struct ArrayLiteralTests {
                 [postgresArrayOfOptionals(Self.awkward)]
             )
             let readBack = rows.map { $0.optionalString("value") }
-            let expected = Self.awkward.map { $0?.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") }
+            let expected = Self.awkward.map { $0.map(Self.nulReplaced) }
             #expect(readBack == expected)
             // Random bytes decoded as UTF-8, as a receiver's answer would be.
             var generator = SystemRandomNumberGenerator()
@@ -34,7 +40,7 @@ struct ArrayLiteralTests {
                 "SELECT value FROM unnest($1::text[]) WITH ORDINALITY AS a(value, ordinality) ORDER BY ordinality",
                 [postgresArrayOfOptionals(random)]
             )
-            #expect(randomRows.map { $0.optionalString("value") } == random.map { $0?.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") })
+            #expect(randomRows.map { $0.optionalString("value") } == random.map { $0.map(Self.nulReplaced) })
             await connection.close()
         }
     }
