@@ -93,14 +93,27 @@ struct SubscriberHealthTests {
                         try await ConsentWriter.set("r\(index)", "email", .granted, on: connection)
                     }
                 }
-                let requests = try await receiver.waitForRequests(count: 30, timeout: .seconds(20))
-                // At most a second's worth of burst plus the rate in any one-second window.
-                let times = requests.map(\.receivedAt.timeIntervalSince1970).sorted()
+                _ = try await receiver.waitForRequests(count: 30, timeout: .seconds(20))
+                try await waitUntil("every attempt is recorded") {
+                    try await deliveryStates(database).allSatisfy { $0 == "delivered" }
+                }
+                // The relay's own start times: the limiter decides when requests start. (Arrival
+                // times at the receiver bunch whenever this busy test process stalls it; a CI
+                // run once saw 23 arrive within a second that way.) The exact arithmetic is in
+                // DispatchStateTests; here the bound leaves room for the relay's own tasks
+                // starting up to 0.3 s late on a loaded machine, and still fails without a limit
+                // (all 30 start at once) or at twice the rate.
+                let times = try await database.withConnection { connection in
+                    try await connection.query(
+                        "SELECT extract(epoch FROM started_at)::text AS t FROM consent_sync.attempts ORDER BY started_at"
+                    ).compactMap { $0["t"].flatMap(Double.init) }
+                }
+                try #require(times.count == 30)
                 var busiest = 0
                 for (index, start) in times.enumerated() {
                     busiest = max(busiest, times[index...].prefix { $0 < start + 1.0 }.count)
                 }
-                #expect(busiest <= 21, "\(busiest) requests within one second at a limit of 10/s")
+                #expect(busiest <= 24, "\(busiest) requests started within one second at a limit of 10/s")
                 #expect(times.last! - times.first! >= 1.5, "30 requests at 10/s cannot all go at once")
             }
         }
