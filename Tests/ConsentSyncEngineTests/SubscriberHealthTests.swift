@@ -97,12 +97,13 @@ struct SubscriberHealthTests {
                 try await waitUntil("every attempt is recorded") {
                     try await deliveryStates(database).allSatisfy { $0 == "delivered" }
                 }
-                // The relay's own start times: the limiter decides when requests start. (Arrival
-                // times at the receiver bunch whenever this busy test process stalls it; a CI
-                // run once saw 23 arrive within a second that way.) The exact arithmetic is in
-                // DispatchStateTests; here the bound leaves room for the relay's own tasks
-                // starting up to 0.3 s late on a loaded machine, and still fails without a limit
-                // (all 30 start at once) or at twice the rate.
+                // The relay's own start times (taken as it hands each request to its task): the
+                // limiter decides those. Arrival times at the receiver bunch whenever this busy
+                // test process stalls it; a CI run once saw 23 arrive within a second that way.
+                // A stall of the relay's loop between taking tokens and starting requests bunches
+                // starts the same way, so the bound leaves room for half a second of it (10 + 10
+                // + 5); it still fails without a limit (all 30 at once) or at 1.5x the rate. The
+                // exact arithmetic is checked on its own in DispatchStateTests.
                 let times = try await database.withConnection { connection in
                     try await connection.query(
                         "SELECT extract(epoch FROM started_at)::text AS t FROM consent_sync.attempts ORDER BY started_at"
@@ -113,7 +114,7 @@ struct SubscriberHealthTests {
                 for (index, start) in times.enumerated() {
                     busiest = max(busiest, times[index...].prefix { $0 < start + 1.0 }.count)
                 }
-                #expect(busiest <= 24, "\(busiest) requests started within one second at a limit of 10/s")
+                #expect(busiest <= 25, "\(busiest) requests started within one second at a limit of 10/s")
                 #expect(times.last! - times.first! >= 1.5, "30 requests at 10/s cannot all go at once")
             }
         }

@@ -354,8 +354,11 @@ public final class Relay: Service {
                         let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
                         let webhookID = webhookIDPrefix + String(delivery.id)
                         let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
+                        // The attempt starts now, as it takes its slot and rate-limit token;
+                        // the task below may start a moment later on a busy machine.
+                        let startedAt = Date()
                         requests.addTask {
-                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body)
+                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: startedAt)
                             self.finished.withLock { $0.append(record) }
                             self.doorbell.ring()
                         }
@@ -662,8 +665,9 @@ public final class Relay: Service {
 
     // MARK: - Sending
 
-    private func send(_ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8]) async -> AttemptRecord {
-        let startedAt = Date()
+    private func send(
+        _ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8], startedAt: Date
+    ) async -> AttemptRecord {
         if let problem = delivery.change.problem {
             // Captured from a row that cannot make an event (no subject id, an unmapped status):
             // recorded as dead with the reason, for an operator to see; nothing is sent.
