@@ -7,7 +7,7 @@ import Foundation
 public struct TestCertificates: Sendable {
     public let directory: URL
 
-    public static func make() throws -> TestCertificates {
+    public static func make() async throws -> TestCertificates {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("consent-sync-tls-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -34,17 +34,10 @@ public struct TestCertificates: Sendable {
             issue client-b ca "extendedKeyUsage=clientAuth"
             issue rogue rogue-ca "extendedKeyUsage=clientAuth"
             """#
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", script, "sh", directory.path]
-        let errors = Pipe()
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = errors
-        try process.run()
-        let diagnostics = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw TLSFixtureError(message: "openssl failed: \(String(decoding: diagnostics, as: UTF8.self))")
+        let openssl = try await HelperProgram.run("/bin/sh", ["-c", script, "sh", directory.path], timeout: .seconds(60))
+        guard openssl.status == 0 else {
+            try? FileManager.default.removeItem(at: directory)
+            throw TLSFixtureError(message: "openssl failed: \(openssl.errors)")
         }
         return TestCertificates(directory: directory)
     }
@@ -63,13 +56,13 @@ public struct TestCertificates: Sendable {
 /// test CA (Python's `http.server` and `ssl`, in a child process). Answers
 /// every POST with 200 and the client certificate's common name as the body;
 /// keeps connections alive, so reuse is possible.
-public final class TLSReceiver {
+public final class TLSReceiver: Sendable {
     public let port: Int
     private let process: Process
     private let input: Pipe
 
     private static let script = #"""
-        import http.server, os, ssl, sys, threading, time
+        import http.server, os, socket, ssl, sys, threading, time
         directory = sys.argv[1]
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(os.path.join(directory, "server.pem"), os.path.join(directory, "server.key"))
@@ -82,10 +75,20 @@ public final class TLSReceiver {
                 try:
                     self.request.do_handshake()
                 except Exception:
-                    # Linger before closing so the client reads the TLS alert
-                    # instead of racing a connection reset (TLS 1.3 refuses a
-                    # client certificate after the client's handshake is done).
-                    time.sleep(0.5)
+                    # The TLS alert is sent. Closing now, with bytes from the client still
+                    # unread (with TLS 1.3 the client may already have sent its request, as it
+                    # learns of a refused certificate only after its side of the handshake),
+                    # would send a reset that can overtake the alert. So: end our side, and
+                    # read until the client closes its side (at most 10 s).
+                    try:
+                        self.request.shutdown(socket.SHUT_WR)
+                        deadline = time.monotonic() + 10
+                        while time.monotonic() < deadline:
+                            self.request.settimeout(max(0.01, deadline - time.monotonic()))
+                            if not self.request.recv(65536):
+                                break
+                    except OSError:
+                        pass
                     raise
                 super().setup()
             def do_POST(self):
@@ -115,7 +118,15 @@ public final class TLSReceiver {
         server.serve_forever()
         """#
 
-    public init(certificates: TestCertificates) throws {
+    private init(port: Int, process: Process, input: Pipe) {
+        self.port = port
+        self.process = process
+        self.input = input
+    }
+
+    /// Starts the server and waits (on a thread of its own, not the cooperative pool) until it
+    /// says its port.
+    public static func start(certificates: TestCertificates, timeout: Duration = .seconds(60)) async throws -> TLSReceiver {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", Self.script, certificates.directory.path]
@@ -125,33 +136,47 @@ public final class TLSReceiver {
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         try process.run()
-        self.process = process
-        self.input = input
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = output.fileHandleForReading.availableData
-            if chunk.isEmpty { break }  // the server exited
-            line.append(chunk)
+        // Should the server hang before printing its port, end it: the read below then ends too.
+        let answered = LockedBox(false)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(timeout / .milliseconds(1)))) {
+            if !answered.withLock({ $0 }) { process.terminate() }
+        }
+        let line = try await HelperProgram.onOwnThread {
+            var line = Data()
+            while !line.contains(UInt8(ascii: "\n")) {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }  // the server exited
+                line.append(chunk)
+            }
+            answered.withLock { $0 = true }
+            return line
         }
         guard let port = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            process.terminate()
+            await end(process, input: input)
             throw TLSFixtureError(message: "the Python TLS receiver did not start")
         }
-        self.port = port
+        return TLSReceiver(port: port, process: process, input: input)
     }
 
     /// "https://127.0.0.1:<port>/hook"
     public var url: String { "https://127.0.0.1:\(self.port)/hook" }
 
-    public func stop() {
-        guard self.process.isRunning else { return }
-        self.process.terminate()
-        try? self.input.fileHandleForWriting.close()
-        self.process.waitUntilExit()
+    /// Ends the server and waits for it to exit (on a thread of its own).
+    public func stop() async {
+        await Self.end(self.process, input: self.input)
+    }
+
+    private static func end(_ process: Process, input: Pipe) async {
+        try? input.fileHandleForWriting.close()
+        guard process.isRunning else { return }
+        process.terminate()
+        _ = try? await HelperProgram.onOwnThread { process.waitUntilExit() }
     }
 
     deinit {
-        self.stop()
+        // Normally stopped already; never wait here.
+        try? self.input.fileHandleForWriting.close()
+        if self.process.isRunning { self.process.terminate() }
     }
 }
 
@@ -162,9 +187,15 @@ public struct TLSFixtureError: Error, CustomStringConvertible {
 
 /// Runs `body` with fresh certificates and a receiver requiring client certificates, cleaning up whatever happens.
 public func withTLSReceiver<T>(_ body: (TLSReceiver, TestCertificates) async throws -> T) async throws -> T {
-    let certificates = try TestCertificates.make()
+    let certificates = try await TestCertificates.make()
     defer { certificates.remove() }
-    let receiver = try TLSReceiver(certificates: certificates)
-    defer { receiver.stop() }
-    return try await body(receiver, certificates)
+    let receiver = try await TLSReceiver.start(certificates: certificates)
+    do {
+        let result = try await body(receiver, certificates)
+        await receiver.stop()
+        return result
+    } catch {
+        await receiver.stop()
+        throw error
+    }
 }

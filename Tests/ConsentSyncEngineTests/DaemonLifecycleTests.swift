@@ -30,15 +30,17 @@ struct DaemonLifecycleTests {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start { _ in .delayed(.milliseconds(1500), .status(200)) }
             defer { Task { await receiver.stop() } }
-            try await RelayFixture.addSubscriber("slow", url: receiver.url, on: database)
-            let daemon = try DaemonProcess(["run"], environment: Self.environment(database, ["CONSENT_SYNC_RELAY_DRAIN_TIMEOUT_MS": "10000"]))
+            // The receiver takes 1.5 s; limits far above that (a 30 s request timeout, a 30 s
+            // drain), so that a stalled machine cannot turn an answer into a timeout and a retry.
+            try await RelayFixture.addSubscriber("slow", url: receiver.url, limits: .init(maxInFlight: 8, timeout: .seconds(30)), on: database)
+            let daemon = try DaemonProcess(["run"], environment: Self.environment(database, ["CONSENT_SYNC_RELAY_DRAIN_TIMEOUT_MS": "30000"]))
             try await daemon.waitForLog("relay connected")
             for index in 0..<5 {
                 try await ConsentWriter(database: database).set("s\(index)", "email", .granted)
             }
             try await receiver.waitForRequests(count: 5)
             daemon.signal(SIGTERM)
-            #expect(try await daemon.waitForExit() == 0)
+            #expect(try await daemon.waitForExit(timeout: .seconds(60)) == 0)
             let counts = try await Self.counts(database)
             #expect(counts == ["delivered": 5], "after a graceful stop: \(counts)")
             #expect(receiver.requests.count == 5)

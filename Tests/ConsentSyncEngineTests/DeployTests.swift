@@ -6,20 +6,12 @@ import Testing
 @Suite struct DeployTests {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    static func run(_ executable: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let result = try await HelperProgram.run(executable, arguments, mergingStandardError: true)
+        return (result.status, result.output)
     }
 
-    @Test func theUnitPassesSystemdAnalyzeVerify() throws {
+    @Test func theUnitPassesSystemdAnalyzeVerify() async throws {
         let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first { FileManager.default.isExecutableFile(atPath: $0) }
         let tool = try #require(analyze, "systemd-analyze is missing: scripts/install-deps.sh installs the systemd package")
         let unit = try String(contentsOf: Self.packageRoot.appendingPathComponent("deploy/consent-sync.service"), encoding: .utf8)
@@ -35,12 +27,12 @@ import Testing
         try unit.replacingOccurrences(of: "/usr/local/bin/consent-sync", with: DaemonProcess.binaryPath)
             .write(to: file, atomically: true, encoding: .utf8)
 
-        let verify = try Self.run(tool, ["verify", file.path])
+        let verify = try await Self.run(tool, ["verify", file.path])
         #expect(verify.status == 0, "systemd-analyze verify: \(verify.output)")
         let complaints = verify.output.split(separator: "\n").filter { $0.contains("consent-sync.service") }
         #expect(complaints.isEmpty, "systemd-analyze verify complained: \(complaints)")
 
-        let security = try Self.run(tool, ["security", "--offline=yes", "--no-pager", file.path])
+        let security = try await Self.run(tool, ["security", "--offline=yes", "--no-pager", file.path])
         let exposure = security.output.split(separator: "\n").first { $0.contains("Overall exposure level") }
         #expect(exposure != nil, "systemd-analyze security printed no exposure level: \(security.output.suffix(500))")
         if let exposure, let score = exposure.split(separator: ":").last?.split(separator: " ").first.flatMap({ Double($0) }) {

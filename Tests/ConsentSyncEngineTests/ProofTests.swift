@@ -23,6 +23,19 @@ struct ProofTests {
         return (response.status, String(decoding: response.body, as: UTF8.self), response)
     }
 
+    /// The states of the deliveries to `subscribers`, in the order they were made.
+    static func deliveryStates(_ database: TestDatabase, subscribers: [String]) async throws -> [String] {
+        try await database.withConnection { connection in
+            try await connection.query(
+                """
+                SELECT d.state FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
+                WHERE s.name = ANY (string_to_array($1, ',')) ORDER BY d.id
+                """,
+                [subscribers.joined(separator: ",")]
+            ).map { try $0.string("state") }
+        }
+    }
+
     @Test func aWithdrawalsReceiptsShowInTraceTheAPIAndItsDeadlineInMetricsLogAndStatus() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let email = try await WebhookReceiver.start { _ in .status(200, headers: [("content-type", "application/json")], body: #"{"applied": true}"#) }
@@ -58,6 +71,11 @@ struct ProofTests {
             try await email.waitForRequests(count: 2)
             try await crm.waitForRequests(count: 2)
             try await ads.waitForRequests(count: 2)
+            // A request seen is not yet a result written: wait until the daemon has recorded
+            // both changes as delivered to email-platform and crm (ads keeps failing).
+            try await waitUntil("the deliveries to email-platform and crm are recorded as delivered", timeout: .seconds(30)) {
+                try await Self.deliveryStates(database, subscribers: ["email-platform", "crm"]) == Array(repeating: "delivered", count: 4)
+            }
 
             // trace: text and JSON.
             let text = try await DaemonProcess.run(["trace", subject], environment: environment)

@@ -20,7 +20,9 @@ struct AddressGuardTests {
                     "http://[::1]:\(port)/hook", "http://127.1:\(port)/hook", "http://2130706433:\(port)/hook",
                     "http://0x7f.0.0.1:\(port)/hook",
                 ] {
-                    let error = await httpError { try await client.send(HTTPRequest(url: url, connectTimeout: .milliseconds(500))) }
+                    // The refusal is immediate; a generous connect timeout keeps a stalled
+                    // machine from turning it into .timeout.
+                    let error = await httpError { try await client.send(HTTPRequest(url: url, connectTimeout: .seconds(5))) }
                     #expect(error?.code == .addressBlocked, "\(url)")
                     #expect(error?.isRetryable == false)
                     #expect(error?.curlCode == 7)  // refused by the open-socket callback: no socket was created
@@ -45,7 +47,7 @@ struct AddressGuardTests {
         try await withClient(.init(addressPolicy: .strict)) { client in
             for url in urls {
                 let error = await httpError {
-                    try await client.send(HTTPRequest(url: url, timeout: .milliseconds(500), connectTimeout: .milliseconds(300)))
+                    try await client.send(HTTPRequest(url: url, timeout: .seconds(5), connectTimeout: .seconds(5)))
                 }
                 #expect(error?.code == .addressBlocked, "\(url)")
                 #expect(error?.refusal?.rule == .loopback)
@@ -57,11 +59,18 @@ struct AddressGuardTests {
 
         // Control: with loopback allowlisted the same URLs do connect (and time
         // out, as the listener never answers), so the accept count above is meaningful.
+        // The timeout must leave time to connect on a stalled machine: the four wait it
+        // out side by side.
         let allowing = try AddressPolicy(allowing: ["127.0.0.0/8", "::1/128"])
         try await withClient(.init(addressPolicy: allowing)) { client in
+            let errors = await withTaskGroup(of: (String, HTTPClientError?).self) { group in
+                for url in urls {
+                    group.addTask { (url, await httpError { try await client.send(HTTPRequest(url: url, timeout: .seconds(3))) }) }
+                }
+                return await group.reduce(into: [String: HTTPClientError]()) { $0[$1.0] = $1.1 }
+            }
             for url in urls {
-                let error = await httpError { try await client.send(HTTPRequest(url: url, timeout: .milliseconds(300))) }
-                #expect(error?.code == .timeout, "\(url)")
+                #expect(errors[url]?.code == .timeout, "\(url)")
             }
         }
         #expect(ipv4.acceptPending() == 3)
@@ -101,7 +110,7 @@ struct AddressGuardTests {
         var configuration = HTTPClient.Configuration(addressPolicy: .strict)
         configuration.connectOnlyToLoopback = true
         try await withClient(configuration) { client in
-            var request = HTTPRequest(url: testCase.url, timeout: .milliseconds(500), connectTimeout: .milliseconds(200))
+            var request = HTTPRequest(url: testCase.url, timeout: .seconds(5), connectTimeout: .seconds(5))
             request.resolveOverrides = testCase.resolve
             let error = await httpError { try await client.send(request) }
             // .addressBlocked can only come from the policy; the sandbox would say .connectFailed.
@@ -121,7 +130,7 @@ struct AddressGuardTests {
         try await withClient(configuration) { client in
             for url in ["http://10.0.0.1:9/hook", "http://93.184.216.34:9/hook"] {
                 let error = await httpError {
-                    try await client.send(HTTPRequest(url: url, timeout: .milliseconds(500), connectTimeout: .milliseconds(200)))
+                    try await client.send(HTTPRequest(url: url, timeout: .seconds(5), connectTimeout: .seconds(5)))
                 }
                 #expect(error?.code == .connectFailed, "\(url)")
                 #expect(error?.message.hasPrefix("test sandbox: refused to connect to non-loopback") == true)
@@ -131,7 +140,7 @@ struct AddressGuardTests {
         configuration.addressPolicy = nil
         try await withClient(configuration) { client in
             let error = await httpError {
-                try await client.send(HTTPRequest(url: "http://169.254.169.254/", timeout: .milliseconds(500), connectTimeout: .milliseconds(200)))
+                try await client.send(HTTPRequest(url: "http://169.254.169.254/", timeout: .seconds(5), connectTimeout: .seconds(5)))
             }
             #expect(error?.code == .connectFailed)
         }
@@ -194,7 +203,7 @@ struct AddressGuardTests {
         let proxy = try LoopbackListener()
         try await withClient(.init(proxy: "http://127.0.0.1:\(proxy.port)", addressPolicy: .strict)) { client in
             for url in ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.0.0.1]/"] {
-                let error = await httpError { try await client.send(HTTPRequest(url: url, timeout: .milliseconds(300))) }
+                let error = await httpError { try await client.send(HTTPRequest(url: url, timeout: .seconds(5))) }
                 #expect(error?.code == .addressBlocked, "\(url)")
                 #expect(error?.curlCode == 0)
             }

@@ -239,7 +239,13 @@ struct HTTPClientTests {
                     for index in 0..<200 {
                         group.addTask {
                             try await client.send(
-                                HTTPRequest(url: receiver.url, headers: [HTTPHeader(name: "X-Index", value: "\(index)")])
+                                // 200 requests queue for 16 connections on a loaded machine: timeouts
+                                // far beyond the defaults (10 s, 5 s to connect), as this tests the
+                                // limit, not the speed.
+                                HTTPRequest(
+                                    url: receiver.url, headers: [HTTPHeader(name: "X-Index", value: "\(index)")],
+                                    timeout: .seconds(60), connectTimeout: .seconds(60)
+                                )
                             )
                         }
                     }

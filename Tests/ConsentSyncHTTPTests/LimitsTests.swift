@@ -87,7 +87,8 @@ struct LimitsTests {
         let proxy = try LoopbackListener()
         try await withClient(.init(proxy: "http://127.0.0.1:\(proxy.port)")) { client in
             let error = await httpError {
-                try await client.send(HTTPRequest(url: "http://consent-sync.invalid/hook", timeout: .milliseconds(300)))
+                // Long enough to connect to the proxy on a stalled machine, which the count below needs.
+                try await client.send(HTTPRequest(url: "http://consent-sync.invalid/hook", timeout: .seconds(3)))
             }
             #expect(error?.code == .timeout)  // the listener accepts but never answers
         }

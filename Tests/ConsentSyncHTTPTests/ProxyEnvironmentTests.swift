@@ -52,18 +52,16 @@ struct ProxyEnvironmentTests {
         childEnvironment[ProxyProbeEnvironment.receiverVariable] = receiver
         childEnvironment[ProxyProbeEnvironment.proxyVariable] = proxy
 
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["--testing-library", "swift-testing", "--filter", "ProxyEnvironmentProbe"]
-        child.environment = childEnvironment
-        let output = Pipe()
-        child.standardOutput = output
-        child.standardError = output
-        try child.run()
-        let transcript = output.fileHandleForReading.readDataToEndOfFile()
-        child.waitUntilExit()
-        let text = String(decoding: transcript, as: UTF8.self)
-        #expect(child.terminationStatus == 0, "\(text)")
+        // A whole test runner: wait for it on a thread of its own, not the cooperative pool.
+        let child = try await HelperProgram.run(
+            "/proc/self/exe",
+            ["--testing-library", "swift-testing", "--filter", "ProxyEnvironmentProbe"],
+            environment: childEnvironment,
+            mergingStandardError: true,
+            timeout: .seconds(300)
+        )
+        let text = child.output
+        #expect(child.status == 0, "\(text)")
         #expect(text.contains("1 test in 1 suite passed"), "\(text)")
     }
 }
@@ -99,7 +97,8 @@ struct ProxyEnvironmentProbe {
         case .proxied:
             let proxy = try #require(environment[ProxyProbeEnvironment.proxyVariable])
             try await withClient(.init(proxy: proxy)) { client in
-                let error = await httpError { try await client.send(HTTPRequest(url: url, timeout: .milliseconds(300))) }
+                // Long enough to connect to the proxy on a stalled machine: the parent counts that connection.
+                let error = await httpError { try await client.send(HTTPRequest(url: url, timeout: .seconds(3))) }
                 #expect(error?.code == .timeout)  // the proxy listener never answers
             }
         case nil:

@@ -6,7 +6,7 @@ import Testing
 
 /// The Prometheus factory: buckets, build info, and text that the reference parser accepts.
 @Suite struct ObservabilityTests {
-    @Test func buildInfoAndTimerBuckets() throws {
+    @Test func buildInfoAndTimerBuckets() async throws {
         let (factory, registry) = Observability.makePrometheusFactory(version: "9.8.7")
         withMetricsFactory(factory) {
             Timer(label: "consent_sync_attempt_duration_seconds", dimensions: [("subscriber", "crm")]).recordMilliseconds(3)
@@ -14,7 +14,7 @@ import Testing
             Counter(label: "consent_sync_deliveries_total", dimensions: [("subscriber", "crm"), ("outcome", "delivered")]).increment()
             Gauge(label: "consent_sync_oldest_pending_seconds", dimensions: [("subscriber", "a \"quoted\" name")]).record(1.5)
         }
-        let samples = try parsePrometheusText(registry.emitToString())
+        let samples = try await parsePrometheusText(registry.emitToString())
 
         let info = try #require(samples.first { $0.name == "consent_sync_build_info" })
         #expect(info.type == "gauge")

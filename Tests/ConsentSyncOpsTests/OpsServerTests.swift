@@ -25,7 +25,7 @@ struct OpsServerTests {
                             let answer = try await client.get("/metrics")
                             #expect(answer.status == 200)
                             #expect(answer.contentType == "text/plain; version=0.0.4; charset=utf-8")
-                            let samples = try parsePrometheusText(answer.body)
+                            let samples = try await parsePrometheusText(answer.body)
                             let value = samples.first {
                                 $0.name == "consent_sync_deliveries_total" && $0.labels == ["subscriber": "crm", "outcome": "delivered"]
                             }?.value

@@ -1,5 +1,6 @@
 import ConsentSyncEngine
 import ConsentSyncOps
+import ConsentSyncTestKit
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -125,7 +126,7 @@ struct ParsedSample: Sendable, Equatable {
 
 /// Parses Prometheus text format with Python's `prometheus_client.parser.text_string_to_metric_families`
 /// (the reference implementation); throws when it rejects the text.
-func parsePrometheusText(_ text: String) throws -> [ParsedSample] {
+func parsePrometheusText(_ text: String) async throws -> [ParsedSample] {
     let script = """
     import json, sys
     try:
@@ -140,26 +141,14 @@ func parsePrometheusText(_ text: String) throws -> [ParsedSample] {
                         "labels": sample.labels, "value": sample.value})
     json.dump(out, sys.stdout)
     """
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["python3", "-c", script]
-    let input = Pipe(), output = Pipe(), errors = Pipe()
-    process.standardInput = input
-    process.standardOutput = output
-    process.standardError = errors
-    try process.run()
-    try input.fileHandleForWriting.write(contentsOf: Data(text.utf8))
-    try input.fileHandleForWriting.close()
-    let outputData = output.fileHandleForReading.readDataToEndOfFile()
-    let errorData = errors.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-        throw TestFailure("prometheus_client rejected /metrics (exit \(process.terminationStatus)): \(String(decoding: errorData, as: UTF8.self))")
+    let parser = try await HelperProgram.run("/usr/bin/env", ["python3", "-c", script], input: Data(text.utf8))
+    guard parser.status == 0 else {
+        throw TestFailure("prometheus_client rejected /metrics (exit \(parser.status)): \(parser.errors)")
     }
     struct Raw: Decodable {
         var family: String, type: String, name: String, labels: [String: String], value: Double
     }
-    return try JSONDecoder().decode([Raw].self, from: outputData).map {
+    return try JSONDecoder().decode([Raw].self, from: parser.stdout).map {
         ParsedSample(family: $0.family, type: $0.type, name: $0.name, labels: $0.labels, value: $0.value)
     }
 }

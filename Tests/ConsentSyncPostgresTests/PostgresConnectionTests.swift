@@ -275,30 +275,39 @@ struct PostgresConnectionTests {
             let count = 4
             var opened: [PostgresConnection] = []
             for _ in 0..<count {
-                opened.append(try await database.connect(applicationName: tag))
+                let connection = try await database.connect(applicationName: tag)
+                // Should the statements not overlap, the one sent would wait for the lock below
+                // until this ends it: the test then fails instead of hanging.
+                try await connection.execute("SET lock_timeout = '45s'")
+                opened.append(connection)
             }
             let connections = opened
             let observer = try await database.connect()
-            let started = ContinuousClock.now
-            async let sleeps: Void = withThrowingTaskGroup(of: Void.self) { group in
+            // Every statement waits for a lock the observer holds: all of them waiting at once
+            // proves they run at the same time, however late a loaded machine starts each one.
+            let key = Int64.random(in: 1...Int64.max)
+            try await observer.query("SELECT pg_advisory_lock(\(key))")
+            async let waits: Void = withThrowingTaskGroup(of: Void.self) { group in
                 for connection in connections {
-                    group.addTask { try await connection.query("SELECT pg_sleep(1.5)") }
+                    group.addTask { try await connection.query("SELECT pg_advisory_xact_lock_shared(\(key))") }
                 }
                 try await group.waitForAll()
             }
-            // All four sleeping at the same moment proves they overlap, whatever the machine's speed.
             var peak = 0
-            let sawAll = try await eventually(timeout: .seconds(10), every: .milliseconds(25)) {
-                let active = try await observer.query(
-                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+            let sawAll = try await eventually(timeout: .seconds(30), every: .milliseconds(25)) {
+                let waiting = try await observer.query(
+                    """
+                    SELECT count(*) AS n FROM pg_stat_activity
+                    WHERE application_name = $1 AND state = 'active' AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+                    """,
                     [tag]
                 ).first?.int("n") ?? 0
-                peak = max(peak, active)
-                return active == count
+                peak = max(peak, waiting)
+                return waiting == count
             }
-            try await sleeps
+            try await observer.query("SELECT pg_advisory_unlock(\(key))")
             #expect(sawAll, "at most \(peak) of \(count) statements ran at once")
-            #expect(ContinuousClock.now - started < .seconds(5 * count))
+            try await waits
             for connection in connections {
                 await connection.close()
             }
