@@ -32,7 +32,7 @@ extension Scenarios {
                                  writeTime.secondsValue, fastTime.secondsValue, slowTime.secondsValue))
                     let outcome = try await scenario.finish(quiescenceTimeout: .seconds(300))
                     #expect(outcome.report.isClean, "\(outcome.report)")
-                    #expect(outcome.report.duplicates == 0)
+                    #expect(outcome.report.unexplainedDuplicates == 0)
                     #expect(outcome.report.changes == 20_000)
                 }
             }

@@ -48,8 +48,10 @@ extension Scenarios {
                     scenario.fault("writer done (no faults)")
                     let outcome = try await scenario.finish(writer: written, quiescenceTimeout: .seconds(180))
                     #expect(outcome.report.isClean, "\(outcome.report)")
-                    #expect(outcome.report.duplicates == 0)
-                    #expect(outcome.report.changes >= 5_000)
+                    // Only a resend after the daemon's own recorded timeout (the receiver took the
+                    // request late) may arrive twice.
+                    #expect(outcome.report.unexplainedDuplicates == 0, "\(outcome.report)")
+                    #expect(outcome.report.changes >= 5_000, "\(outcome.report)")
                     #expect(outcome.report.deliveries == 3 * outcome.report.changes)
                 }
             }
@@ -79,8 +81,8 @@ extension Scenarios {
                     expectations.maxExtraAcknowledgements = 1
                     let outcome = try await scenario.finish(writer: await written, expectations: expectations, quiescenceTimeout: .seconds(180))
                     #expect(outcome.report.isClean, "\(outcome.report)")
-                    #expect(outcome.report.duplicates <= inFlightAtKill.count)
-                    #expect(outcome.report.changes >= 5_000)
+                    #expect(outcome.report.unexplainedDuplicates <= inFlightAtKill.count, "\(outcome.report)")
+                    #expect(outcome.report.changes >= 5_000, "\(outcome.report)")
                     #expect(outcome.report.deliveries == 3 * outcome.report.changes)
                     #expect(outcome.daemonKills == 1)
                 }

@@ -1,3 +1,4 @@
+import ConsentSyncHTTP
 import ConsentSyncPostgres
 import ConsentSyncTestKit
 import Foundation
@@ -85,6 +86,38 @@ struct InvariantCheckerTests {
                 third.index = receipts.count + 1
                 tripled.append(third)
                 #expect(!check(tripled, snapshot, bounded).violations(of: .noDuplicates).isEmpty)
+
+                // The relay timed out on an attempt before the one it recorded as 2xx: the receiver
+                // may have taken that request late, and the resend is allowed (at-least-once), though
+                // still counted. Worded as the relay words it in attempts.error.
+                let timeoutError = HTTPClientError(code: .timeout, message: "Operation timed out after 1000 milliseconds with 0 bytes received").description
+                let timedOutAttempt = ScenarioSnapshot.Attempt(deliveryID: doubledDelivery, attempt: 0, startedAt: "00:00:00.000", status: nil, error: timeoutError)
+                let recordedAs2xx = snapshot.attempts.contains { $0.deliveryID == doubledDelivery && $0.isAcknowledged }
+                try #require(recordedAs2xx)
+                var timedOut = snapshot
+                timedOut.attempts.insert(timedOutAttempt, at: 0)
+                let afterTimeoutReport = check(doubled, timedOut)
+                #expect(afterTimeoutReport.isClean, "\(afterTimeoutReport)")
+                #expect(afterTimeoutReport.duplicates == 1)
+                #expect(afterTimeoutReport.duplicatesAfterTimeout == 1)
+                #expect(afterTimeoutReport.unexplainedDuplicates == 0)
+                // One timeout explains one resend, not two.
+                let tripledAfterTimeout = check(tripled, timedOut)
+                #expect(!tripledAfterTimeout.violations(of: .noDuplicates).isEmpty, "\(tripledAfterTimeout)")
+                #expect(tripledAfterTimeout.unexplainedDuplicates == 1)
+                // A send after the relay recorded the 2xx is a duplicate, timeout or not: a timeout
+                // recorded after the 2xx explains nothing ...
+                var timedOutLate = snapshot
+                timedOutLate.attempts.append(timedOutAttempt)
+                #expect(!check(doubled, timedOutLate).violations(of: .noDuplicates).isEmpty)
+                // ... and neither does an earlier one when the relay recorded a 2xx twice.
+                var deliveredTwice = timedOut
+                deliveredTwice.attempts.append(ScenarioSnapshot.Attempt(deliveryID: doubledDelivery, attempt: 99, startedAt: "00:00:00.000", status: "200", error: nil))
+                #expect(!check(doubled, deliveredTwice).violations(of: .noDuplicates).isEmpty)
+                // Other errors are not timeouts.
+                var refused = snapshot
+                refused.attempts.insert(ScenarioSnapshot.Attempt(deliveryID: doubledDelivery, attempt: 0, startedAt: "00:00:00.000", status: nil, error: "receive failed: Empty reply from server"), at: 0)
+                #expect(!check(doubled, refused).violations(of: .noDuplicates).isEmpty)
 
                 // A change of a rolled-back transaction "arrived".
                 var leaked = receipts

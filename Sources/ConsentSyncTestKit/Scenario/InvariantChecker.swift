@@ -42,6 +42,26 @@ public struct ScenarioSnapshot: Sendable {
         public var startedAt: String
         public var status: String?
         public var error: String?
+
+        public init(deliveryID: Int64, attempt: Int, startedAt: String, status: String?, error: String?) {
+            self.deliveryID = deliveryID
+            self.attempt = attempt
+            self.startedAt = startedAt
+            self.status = status
+            self.error = error
+        }
+
+        /// The relay recorded a 2xx answer for this attempt.
+        public var isAcknowledged: Bool {
+            status.flatMap { Int($0) }.map { (200..<300).contains($0) } ?? false
+        }
+
+        /// The relay gave up waiting for the answer: its HTTP client's timeout, recorded as
+        /// "timed out: <libcurl's message>" (`HTTPClientError.description`). The receiver may
+        /// still have taken the change (its answer came too late), so a resend is allowed.
+        public var timedOut: Bool {
+            error?.hasPrefix("timed out") ?? false
+        }
     }
 
     public var changes: [Change]
@@ -147,7 +167,7 @@ public enum InvariantChecker {
         case everyChangeFannedOut = "every committed change has exactly one delivery per matching subscriber"
         case noRolledBackOrUnknownChangeSent = "no rolled-back (or unknown) change was sent"
         case orderPerSubscriberAndSubject = "per subscriber and subject, first arrivals follow commit order"
-        case noDuplicates = "no duplicates (scenario without crashes)"
+        case noDuplicates = "no duplicates (scenario without crashes; a resend after a recorded timeout is not one)"
         case nothingInFlightOrLeased = "nothing pending, in flight or leased after quiescence"
         case noUnexpectedDead = "no dead delivery unless the scenario forced one"
         case deliveredMeansAcknowledged = "a delivery marked delivered was acknowledged with a 2xx"
@@ -170,8 +190,15 @@ public enum InvariantChecker {
         public var deliveries = 0
         /// Requests the receivers saw, whatever they answered.
         public var requests = 0
-        /// Extra 2xx acknowledgements of a change already acknowledged by that subscriber.
+        /// Extra 2xx acknowledgements of a change already acknowledged by that subscriber: all of
+        /// them, including those in ``duplicatesAfterTimeout``.
         public var duplicates = 0
+        /// The part of ``duplicates`` explained by the relay's own timeouts: the receiver took a
+        /// request the relay had already given up on (and recorded as timed out), so the relay
+        /// rightly sent it again. At-least-once allows these; they are not violations.
+        public var duplicatesAfterTimeout = 0
+        /// ``duplicates`` that no recorded timeout explains: the ones a scenario bounds.
+        public var unexplainedDuplicates: Int { duplicates - duplicatesAfterTimeout }
         public var dead = 0
         /// The timelines of (up to three) subjects with violations.
         public var timelines = ""
@@ -183,7 +210,7 @@ public enum InvariantChecker {
         }
 
         public var description: String {
-            var text = "changes=\(changes) deliveries=\(deliveries) requests=\(requests) duplicates=\(duplicates) dead=\(dead) violations=\(violations.count)"
+            var text = "changes=\(changes) deliveries=\(deliveries) requests=\(requests) duplicates=\(duplicates) duplicates_after_timeout=\(duplicatesAfterTimeout) dead=\(dead) violations=\(violations.count)"
             if !violations.isEmpty {
                 text += "\n" + violations.prefix(20).map { "  " + $0.description }.joined(separator: "\n")
                 if violations.count > 20 { text += "\n  … and \(violations.count - 20) more" }
@@ -223,6 +250,8 @@ public enum InvariantChecker {
         for delivery in snapshot.deliveries {
             deliveriesByPair["\(delivery.changeID)/\(delivery.subscriberID)", default: []].append(delivery)
         }
+        // Attempts per delivery, in the order they were recorded (the snapshot's order).
+        let attemptsByDelivery = Dictionary(grouping: snapshot.attempts, by: \.deliveryID)
         func fail(_ invariant: Invariant, _ subscriber: String?, _ subject: String?, _ detail: String) {
             report.violations.append(Violation(invariant: invariant, subscriber: subscriber, subject: subject, detail: detail))
         }
@@ -253,20 +282,23 @@ public enum InvariantChecker {
                 if let eventID = receipt.eventID?.lowercased() { acknowledged[eventID, default: 0] += 1 }
                 if let id = receipt.deliveryID { acknowledgedDeliveries.insert(id) }
             }
-            let duplicates = acknowledged.values.reduce(0) { $0 + max(0, $1 - 1) }
-            report.duplicates += duplicates
-            if duplicates > 0 && !expectations.duplicatesAllowed {
-                for (eventID, count) in acknowledged where count > 1 {
-                    fail(.noDuplicates, subscriber.name, changesByEvent[eventID]?.subject, "event \(eventID) acknowledged \(count) times")
-                }
-            } else if duplicates > 0, let allowed = expectations.duplicatesOnlyFor {
-                for (eventID, count) in acknowledged where count > 1 {
-                    let change = changesByEvent[eventID]
-                    let delivery = change.flatMap { deliveriesByPair["\($0.id)/\(subscriber.id)"]?.first?.id }
+            for (eventID, count) in acknowledged.sorted(by: { $0.key < $1.key }) where count > 1 {
+                let change = changesByEvent[eventID]
+                let delivery = change.flatMap { deliveriesByPair["\($0.id)/\(subscriber.id)"]?.first?.id }
+                let extra = count - 1
+                let unexplained = unexplainedExtraAcknowledgements(extra, attempts: delivery.flatMap { attemptsByDelivery[$0] } ?? [])
+                report.duplicates += extra
+                report.duplicatesAfterTimeout += extra - unexplained
+                guard unexplained > 0 else { continue }
+                let what = "event \(eventID) (delivery \(delivery.map(String.init) ?? "-")) acknowledged \(count) times"
+                    + (unexplained < extra ? " (\(extra - unexplained) extra after a recorded timeout)" : "")
+                if !expectations.duplicatesAllowed {
+                    fail(.noDuplicates, subscriber.name, change?.subject, what)
+                } else if let allowed = expectations.duplicatesOnlyFor {
                     if delivery.map({ !allowed.contains($0) }) ?? true {
-                        fail(.noDuplicates, subscriber.name, change?.subject, "event \(eventID) (delivery \(delivery.map(String.init) ?? "-")) acknowledged \(count) times but was not in flight at a kill")
-                    } else if count - 1 > expectations.maxExtraAcknowledgements {
-                        fail(.noDuplicates, subscriber.name, change?.subject, "event \(eventID) (delivery \(delivery.map(String.init) ?? "-")) acknowledged \(count) times, more than \(1 + expectations.maxExtraAcknowledgements)")
+                        fail(.noDuplicates, subscriber.name, change?.subject, "\(what) but was not in flight at a kill")
+                    } else if unexplained > expectations.maxExtraAcknowledgements {
+                        fail(.noDuplicates, subscriber.name, change?.subject, "\(what): \(unexplained) unexplained extra, more than the \(expectations.maxExtraAcknowledgements) allowed")
                     }
                 }
             }
@@ -325,6 +357,18 @@ public enum InvariantChecker {
         }
         report.timelines = subjects.map { timeline(of: $0, snapshot: snapshot, receipts: sortedReceipts) }.joined(separator: "\n")
         return report
+    }
+
+    /// Of `extra` acknowledgements beyond the first of one delivery, how many no timeout of the
+    /// relay explains. Each attempt the relay recorded as timed out before it recorded the first
+    /// 2xx may have been taken by the receiver after the relay gave up, so it explains one extra
+    /// acknowledgement. Nothing explains a send after the relay recorded a 2xx: a second 2xx
+    /// attempt, or more acknowledgements than those timeouts account for. Never more than `extra`.
+    static func unexplainedExtraAcknowledgements(_ extra: Int, attempts: [ScenarioSnapshot.Attempt]) -> Int {
+        let firstAcknowledged = attempts.firstIndex(where: \.isAcknowledged) ?? attempts.endIndex
+        let timeouts = attempts[..<firstAcknowledged].filter(\.timedOut).count
+        let acknowledgedByRelay = attempts.filter(\.isAcknowledged).count
+        return min(extra, max(0, extra - timeouts, acknowledgedByRelay - 1))
     }
 
     /// Everything about one subject: its changes with their deliveries and attempts, then what

@@ -31,7 +31,7 @@ public struct ScenarioOutcome: Sendable, CustomStringConvertible {
 
     public var description: String {
         let drainText = drain.map { String(format: "%.2fs", $0.secondsValue) } ?? "never"
-        var line = "scenario \(name): changes_written=\(report.changes) deliveries=\(report.deliveries) requests=\(report.requests) duplicates=\(report.duplicates) dead=\(report.dead) drain_after_last_fault=\(drainText) faults=\(faults) daemon_starts=\(daemonStarts) kills=\(daemonKills)"
+        var line = "scenario \(name): changes_written=\(report.changes) deliveries=\(report.deliveries) requests=\(report.requests) duplicates=\(report.duplicates) duplicates_after_timeout=\(report.duplicatesAfterTimeout) dead=\(report.dead) drain_after_last_fault=\(drainText) faults=\(faults) daemon_starts=\(daemonStarts) kills=\(daemonKills)"
         if let writer {
             line += " rolled_back_tx=\(writer.rolledBackTransactions) failed_tx=\(writer.failedTransactions)"
         }

@@ -309,7 +309,11 @@ public final class ScriptedReceiver: Sendable {
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\ncontent-type: \(contentType)\r\ncontent-length: \(body.count)\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
-        guard Self.send(connection, Array(head.utf8)) else {
+        // A client that already closed (it timed out) never reads the answer: writing into the
+        // socket would still succeed, and record an acceptance nobody saw. (A close that races
+        // with the write is still counted as accepted; the checker allows for that from the
+        // relay's recorded timeout.)
+        guard !Self.peerHasClosed(connection, waitingUpTo: 0), Self.send(connection, Array(head.utf8)) else {
             self.setOutcome(.abandoned, receipt: index)
             return false
         }
@@ -359,20 +363,30 @@ public final class ScriptedReceiver: Sendable {
 
     /// Waits `duration` (nil: until the peer or the receiver ends the connection).
     /// Returns true when the full duration passed with the peer still connected.
+    ///
+    /// Looks for the client's close before it looks at the clock, also once the duration is
+    /// over: on a loaded machine this thread may wake long after the client gave up (timed
+    /// out), and answering then would record an acceptance the client never read.
     private static func waitWhileConnected(_ connection: Int32, for duration: Duration?, stillCurrent: () -> Bool) -> Bool {
         let deadline = duration.map { ContinuousClock.now + $0 }
         while stillCurrent() {
+            if Self.peerHasClosed(connection, waitingUpTo: 10) { return false }
             if let deadline, ContinuousClock.now >= deadline { return true }
-            var descriptor = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
-            if poll(&descriptor, 1, 10) > 0 {
-                if descriptor.revents & Int16(POLLERR | POLLHUP) != 0 { return false }
-                var probe: UInt8 = 0
-                let peeked = recv(connection, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-                if peeked == 0 { return false }  // orderly close by the client
-                if peeked < 0 && errno != EAGAIN && errno != EINTR { return false }
-                if peeked > 0 { usleep(10_000) }  // a pipelined request: not ours to read yet
-            }
         }
+        return false
+    }
+
+    /// Whether the client has closed (or reset) the connection, waiting up to `milliseconds` for
+    /// something to happen on it. Pipelined bytes are left unread (and wait a short tick).
+    private static func peerHasClosed(_ connection: Int32, waitingUpTo milliseconds: Int32) -> Bool {
+        var descriptor = pollfd(fd: connection, events: Int16(POLLIN), revents: 0)
+        guard poll(&descriptor, 1, milliseconds) > 0 else { return false }
+        if descriptor.revents & Int16(POLLERR | POLLHUP) != 0 { return true }
+        var probe: UInt8 = 0
+        let peeked = recv(connection, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        if peeked == 0 { return true }  // orderly close by the client
+        if peeked < 0 && errno != EAGAIN && errno != EINTR { return true }
+        if peeked > 0 && milliseconds > 0 { usleep(UInt32(milliseconds) * 1000) }  // a pipelined request: not ours to read yet
         return false
     }
 
