@@ -971,13 +971,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if perf_proc:
                 stop_process(perf_proc, sig=signal.SIGINT, timeout=120)
             xact1 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
-            stmt_rows = None
-            if statements:
-                stmt_rows = self.pg.rows(
-                    "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, "
-                    "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
-                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "ORDER BY total_exec_time DESC LIMIT 15", db)
+            stmt_rows = self.statement_rows(db) if statements else None
             pids = {"daemon_pid": daemon.pid, "pg_pids": [p for p in [self.pg.postmaster_pid()] if p] + children_of(self.pg.postmaster_pid() or -1)}
             daemon.stop(timeout=300 if wrapper else 40)
             daemon = None
@@ -1019,9 +1013,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             }
             result.update(pids)
             if stmt_rows:
-                result["pg_stat_statements"] = [
-                    {"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "query": r[4]}
-                    for r in stmt_rows]
+                result["pg_stat_statements"] = stmt_rows
             log(f"{label}: {n} deliveries in {elapsed or 0:.2f} s = {result['deliveries_per_s']}/s; daemon "
                 f"{result['daemon_cpu_us_per_delivery']} us, PostgreSQL {result['pg_cpu_us_per_delivery']} us per delivery; "
                 f"peak RSS {result['peak_rss_mib']} MiB")
@@ -1032,6 +1024,15 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             nginx.stop()
             if not self.args.keep_databases:
                 self.pg.drop_db(db)
+
+    def statement_rows(self, db):
+        """The most expensive statements of `db` since pg_stat_statements_reset(), with planning time."""
+        rows = self.pg.rows(
+            "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, "
+            "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "ORDER BY total_exec_time + total_plan_time DESC LIMIT 20", db)
+        return [{"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "query": r[4]} for r in rows]
 
     def attempt(self, label, run):
         """Runs one measurement; a failure is recorded and the next one still runs."""
@@ -1065,7 +1066,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if result:
                 self.record(result)
 
-    def live(self, label, rate, seconds, clients, transactions=None):
+    def live(self, label, rate, seconds, clients, transactions=None, perf=None, statements=False):
         """Daemon running; pgbench writes (paced at `rate`/s, or as fast as it can when rate is 0)."""
         k = self.args.live_k
         db = self.new_db(label)
@@ -1088,6 +1089,9 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             argv += ["-t", str(transactions)] if transactions else ["-T", str(seconds)]
             if rate:
                 argv += ["--rate", str(rate)]
+            if statements:
+                self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
+            perf_proc = perf(daemon) if perf else None
             watch = Stopwatch(self, daemon, nginx)
             before = watch.sample()
             xact_sql = f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"
@@ -1103,8 +1107,12 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             expected = total * k
             self.wait_delivered(db, nginx, daemon, expected, label)
             after = watch.sample()
+            if perf_proc:
+                stop_process(perf_proc, sig=signal.SIGINT, timeout=120)
             # the producer's own transactions (one per pgbench transaction) are not the relay's
             relay_xacts = int(self.pg.value(xact_sql)) - xact0 - total
+            stmt_rows = self.statement_rows(db) if statements else None
+            pids = {"daemon_pid": daemon.pid, "pg_pids": [p for p in [self.pg.postmaster_pid()] if p] + children_of(self.pg.postmaster_pid() or -1)}
             daemon.rss()
             daemon.stop()
             daemon = None
@@ -1113,9 +1121,13 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             cpu = Stopwatch.delta(before, after)
             measured = [(r[2], r[3]) for r in per.values() if r[1] > warm_max and r[3] is not None]
             result = self.latency_figures(label, k, rate, seconds, clients, measured, cpu, produced_by_pgbench)
+            result["latency_breakdown_ms"] = self.latency_breakdown(label, db, per, warm_max)
             result.update(self_check="ok" if ok else "FAILED", check=check,
                           peak_rss_mib=round(daemon_peak(watch) / 1024, 1),
                           relay_transactions_per_delivery=round(relay_xacts / max(1, len(measured)), 3))
+            result.update(pids)
+            if stmt_rows:
+                result["pg_stat_statements"] = stmt_rows
             return result
         finally:
             if daemon:
@@ -1123,6 +1135,33 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             nginx.stop()
             if not self.args.keep_databases:
                 self.pg.drop_db(db)
+
+    def latency_breakdown(self, label, db, per, warm_max):
+        """Where a change's latency goes, per delivery: commit -> fanned out (the relay's round
+        that inserted the delivery began: `deliveries.created_at`, its transaction's now()),
+        fanned out -> request started (the first attempt's `started_at`, taken by the relay as
+        it starts the request), started -> received (nginx's `$msec`, truncated to the ms)."""
+        rows = self.pg.rows("""SELECT d.id, extract(epoch FROM d.created_at)::float8, extract(epoch FROM min(a.started_at))::float8
+                               FROM consent_sync.deliveries d JOIN consent_sync.attempts a ON a.delivery_id = d.id
+                               GROUP BY d.id""", db)
+        parts = {"commit_to_fanned_out": [], "fanned_out_to_request": [], "request_to_receipt": []}
+        for did, created, started in rows:
+            sid, cid, changed, receipt = per.get(int(did), (None, 0, None, None))
+            if cid <= warm_max or receipt is None:
+                continue
+            created, started = float(created), float(started)
+            parts["commit_to_fanned_out"].append(1000.0 * (created - changed))
+            parts["fanned_out_to_request"].append(1000.0 * (started - created))
+            parts["request_to_receipt"].append(1000.0 * (receipt - started))
+        breakdown = {}
+        for name, values in parts.items():
+            values.sort()
+            if values:
+                breakdown[name] = {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2)}
+        if breakdown:
+            log(f"{label}: latency by step, ms p50/p99: " + ", ".join(
+                f"{name.replace('_', ' ')} {v['p50']}/{v['p99']}" for name, v in breakdown.items()))
+        return breakdown
 
     def latency_figures(self, label, k, rate, seconds, clients, measured, cpu, pgbench):
         """measured: [(changed_at, receipt)] of every delivery of the producer's changes."""
@@ -1359,46 +1398,40 @@ unset multiplot
             except Exception as error:
                 log(f"profile: could not turn on pg_stat_statements.track_planning ({error}); planning time not reported")
         perf_bin = shutil.which("perf")
+
+        def perf_start_into(path):
+            def start(daemon):
+                return start_process([perf_bin, "record", "-a", "-g", "-e", "cpu-clock", "-F", "999", "-o", path],
+                                     stdout=subprocess.DEVNULL, stderr=open(path + ".log", "w"))
+            return start if perf_bin else None
+
+        # A drain (big rounds), then a live run at the live rate (small rounds, the producer's
+        # upserts on the same PostgreSQL): their costs differ.
         perf_data = os.path.join(prof, "perf.data")
-
-        def perf_start(daemon):
-            return start_process([perf_bin, "record", "-a", "-g", "-e", "cpu-clock", "-F", "999", "-o", perf_data],
-                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(prof, "perf-record.log"), "w"))
-
         result = self.attempt("profile-drain", lambda: self.drain("profile-drain", self.args.profile_changes, self.args.drain_k,
-                                                                  perf=perf_start if perf_bin else None, statements=statements))
+                                                                  perf=perf_start_into(perf_data), statements=statements))
         if result:
             summary["drain"] = {k: v for k, v in result.items() if k != "check"}
-            if result.get("pg_stat_statements"):
-                with open(os.path.join(prof, "pg_stat_statements.txt"), "w") as f:
-                    f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8}  query\n")
-                    for q in result["pg_stat_statements"]:
-                        f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} "
-                                f"{q['plan_ms']:>10.1f} {q['rows']:>8}  {q['query']}\n")
-        if result and perf_bin and os.path.exists(perf_data):
-            pid = str(result["daemon_pid"])
-            pg_pids = ",".join(str(p) for p in result["pg_pids"])
-            reports = {
-                "perf-by-command.txt": ["--sort", "comm", "--no-children", "-g", "none"],
-                "perf-daemon-symbols.txt": ["--pid", pid, "--sort", "dso,sym", "--no-children", "-g", "none"],
-                "perf-daemon-callers.txt": ["--pid", pid, "--children", "--sort", "sym", "-g", "none"],
-                "perf-postgres-symbols.txt": ["--pid", pg_pids, "--sort", "sym", "--no-children", "-g", "none"],
-                "perf-postgres-callers.txt": ["--pid", pg_pids, "--children", "--sort", "sym", "-g", "none"],
-            }
-            for name, options in reports.items():
-                lines = self.perf_report(perf_data, options, os.path.join(prof, name))
-                summary[name] = lines[:25]
-            for who, pids in (("daemon", pid), ("postgres", pg_pids)):
-                by_dso = self.perf_by_dso(perf_data, pids)
-                summary[f"perf_{who}_by_dso"] = by_dso
-                with open(os.path.join(prof, f"perf-{who}-by-dso.txt"), "w") as f:
-                    f.write(f"share of the {who}'s CPU samples by library (perf cpu-clock)\n")
-                    for dso, pct in by_dso.items():
-                        f.write(f"{pct:6.1f}%  {dso}\n")
+            summary.update(self.write_profile(prof, "", result, perf_data))
+        live_perf = os.path.join(prof, "live-perf.data")
+        result = self.attempt("profile-live", lambda: self.live("profile-live", self.args.live_rate, self.args.live_seconds,
+                                                                self.args.live_clients, perf=perf_start_into(live_perf),
+                                                                statements=statements))
+        if result:
+            summary["live"] = {k: v for k, v in result.items() if k not in ("check", "timeline")}
+            summary["live_profile"] = self.write_profile(prof, "live-", result, live_perf)
         if statements:
-            result = self.attempt("explain-drain", lambda: self.explain_drain(prof))
+            result = self.attempt("explain-drain", lambda: self.explain(
+                prof, "explain-drain", "slow-plans.txt", self.args.explain_min_ms,
+                lambda: self.drain("explain-drain", self.args.profile_changes, self.args.drain_k)))
             if result:
                 summary["explain_drain"] = result
+            # A live round's statements take about a millisecond: a lower threshold.
+            result = self.attempt("explain-live", lambda: self.explain(
+                prof, "explain-live", "live-slow-plans.txt", self.args.explain_live_min_ms,
+                lambda: self.live("explain-live", self.args.live_rate, self.args.live_seconds, self.args.live_clients)))
+            if result:
+                summary["explain_live"] = result
         callgrind_binary = self.callgrind_preflight(prof) if self.args.callgrind else None
         if callgrind_binary:
             out = os.path.join(prof, "callgrind.out")
@@ -1425,6 +1458,39 @@ unset multiplot
                     summary["callgrind_instructions_per_delivery"] = round(instructions / result["deliveries"])
         self.record(summary)
 
+    def write_profile(self, prof, prefix, result, perf_data):
+        """pg_stat_statements and perf reports of one profiled run into `prof`, file names
+        starting with `prefix`; returns a summary of them."""
+        summary = {}
+        if result.get("pg_stat_statements"):
+            with open(os.path.join(prof, f"{prefix}pg_stat_statements.txt"), "w") as f:
+                f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8}  query\n")
+                for q in result["pg_stat_statements"]:
+                    f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} "
+                            f"{q['plan_ms']:>10.1f} {q['rows']:>8}  {q['query']}\n")
+        if not os.path.exists(perf_data):
+            return summary
+        pid = str(result["daemon_pid"])
+        pg_pids = ",".join(str(p) for p in result["pg_pids"])
+        reports = {
+            "perf-by-command.txt": ["--sort", "comm", "--no-children", "-g", "none"],
+            "perf-daemon-symbols.txt": ["--pid", pid, "--sort", "dso,sym", "--no-children", "-g", "none"],
+            "perf-daemon-callers.txt": ["--pid", pid, "--children", "--sort", "sym", "-g", "none"],
+            "perf-postgres-symbols.txt": ["--pid", pg_pids, "--sort", "sym", "--no-children", "-g", "none"],
+            "perf-postgres-callers.txt": ["--pid", pg_pids, "--children", "--sort", "sym", "-g", "none"],
+        }
+        for name, options in reports.items():
+            lines = self.perf_report(perf_data, options, os.path.join(prof, prefix + name))
+            summary[prefix + name] = lines[:25]
+        for who, pids in (("daemon", pid), ("postgres", pg_pids)):
+            by_dso = self.perf_by_dso(perf_data, pids)
+            summary[f"{prefix}perf_{who}_by_dso"] = by_dso
+            with open(os.path.join(prof, f"{prefix}perf-{who}-by-dso.txt"), "w") as f:
+                f.write(f"share of the {who}'s CPU samples by library (perf cpu-clock)\n")
+                for dso, pct in by_dso.items():
+                    f.write(f"{pct:6.1f}%  {dso}\n")
+        return summary
+
     def callgrind_preflight(self, prof):
         """A copy of the binary without DWARF (valgrind 3.19 cannot read Swift 6's DWARF 5; the
         symbol table is enough for callgrind), if valgrind can run it at all; else None."""
@@ -1443,16 +1509,16 @@ unset multiplot
             return None
         return copy
 
-    def explain_drain(self, prof):
-        """A drain with auto_explain logging (ANALYZE, BUFFERS) every statement slower than
-        --explain-min-ms: the plans of the expensive statements, in profile/slow-plans.txt."""
+    def explain(self, prof, label, file_name, min_ms, run):
+        """A run with auto_explain logging (ANALYZE, BUFFERS) every statement slower than
+        `min_ms`: the plans of the expensive statements, in profile/`file_name`."""
         server_log = os.path.join(os.path.dirname(self.pg.pgdata), "server.log")
         offset = os.path.getsize(server_log) if os.path.exists(server_log) else 0
-        self.pg.psql(f"ALTER SYSTEM SET auto_explain.log_min_duration = '{self.args.explain_min_ms}ms';"
+        self.pg.psql(f"ALTER SYSTEM SET auto_explain.log_min_duration = '{min_ms}ms';"
                      "ALTER SYSTEM SET auto_explain.log_analyze = on; ALTER SYSTEM SET auto_explain.log_buffers = on;"
                      "SELECT pg_reload_conf();")
         try:
-            result = self.drain("explain-drain", self.args.profile_changes, self.args.drain_k)
+            result = run()
         finally:
             self.pg.psql("ALTER SYSTEM RESET auto_explain.log_min_duration; ALTER SYSTEM RESET auto_explain.log_analyze;"
                          "ALTER SYSTEM RESET auto_explain.log_buffers; SELECT pg_reload_conf();")
@@ -1472,8 +1538,8 @@ unset multiplot
             key = re.sub(r"\s+", " ", m.group(1)) if m else "?"
             kinds.setdefault(key, []).append(duration)
         plans.sort(key=lambda p: -p[0])
-        with open(os.path.join(prof, "slow-plans.txt"), "w") as f:
-            f.write(f"statements slower than {self.args.explain_min_ms} ms during explain-drain, by query (count, total ms, max ms):\n")
+        with open(os.path.join(prof, file_name), "w") as f:
+            f.write(f"statements slower than {min_ms} ms during {label}, by query (count, total ms, max ms):\n")
             for key, durations in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
                 f.write(f"  {len(durations):>6} {sum(durations):>10.1f} {max(durations):>8.1f}  {key}\n")
             f.write("\nthe three slowest plans, then the median one of the slowest query:\n")
@@ -1757,6 +1823,8 @@ def parse_args(argv):
     p.add_argument("--daemon-log-level", default=env_default("daemon_log_level", "warning"), help="daemon log level (default warning)")
     p.add_argument("--profile-changes", type=int, default=env_default("profile_changes", None, int), help="profile: drain changes under perf (default 50000)")
     p.add_argument("--callgrind-changes", type=int, default=env_default("callgrind_changes", None, int), help="profile: drain changes under callgrind (default 2000)")
+    p.add_argument("--explain-live-min-ms", type=float, default=env_default("explain_live_min_ms", 1.5, float),
+                   help="profile: log the plans of live-run statements slower than this (default 1.5)")
     p.add_argument("--explain-min-ms", type=int, default=env_default("explain_min_ms", 20, int),
                    help="profile: auto_explain threshold for the plans of slow statements (default 20)")
     p.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="profile without callgrind")
