@@ -68,16 +68,28 @@ enum DeliveryStore {
     /// `deliveries` once per new delivery: 4.8 s per fan-out of 1,000 changes, a 50-second
     /// stall at the start of the benchmark's 100,000-change drain.
     ///
-    /// The fan-out, claim, failure tracking and lock statements are prepared (`prepared: true`):
-    /// parsed once per connection, and planned once when PostgreSQL finds its generic plan no
-    /// worse than the custom ones. Planning the fan-out cost 0.85 ms per round, most of it
-    /// for an empty outbox; prepared, a 30,000-change drain ran at 8,700 instead of 6,500
-    /// deliveries/s and live latency at 1,000 changes/s fell from p50 8.6 / p99 22.6 ms to
-    /// 3.2 / 9.8 ms. Generic plans are safe here because no sequential scan is allowed. The
-    /// write-back is not prepared: its generic plan measured slower (5.0 against 3.8 ms per
-    /// round of 90 results).
+    /// The round's statements (fan-out, claim, write-back, failure tracking, locks) are
+    /// prepared (`prepared: true`): parsed once per connection and planned once, for any
+    /// parameter values (`plan_cache_mode = force_generic_plan`; left to itself PostgreSQL
+    /// re-planned the failure tracking every round). Planning the fan-out cost 0.85 ms per
+    /// round, most of it for an empty outbox; prepared, a 30,000-change drain ran at 8,700
+    /// instead of 6,500 deliveries/s and live latency at 1,000 changes/s fell from p50 8.6 /
+    /// p99 22.6 ms to 3.2 / 9.8 ms. Planning the write-back took 0.22 ms per live round, as
+    /// long as running it.
+    ///
+    /// No bitmap scans: re-planned each round, the write-back ANDed a bitmap of the round's
+    /// ids in the primary key with one of every entry of `deliveries_leases`, whose estimate
+    /// was small but which holds an entry for every delivery that went in flight since the
+    /// last vacuum (44,000 for 12 rows in flight in a live run: 1.3 of its 2.3 ms). Plain index
+    /// scans also mark the dead entries they pass, so later scans skip them.
+    ///
+    /// Generic plans are safe here because no sequential scan is allowed, and because where a
+    /// literal would let a plan made at a quiet moment pick a partial index that grows between
+    /// vacuums, the value is a parameter instead (see the write-back).
     static func prepareSession(_ connection: PostgresConnection) async throws {
-        try await connection.execute("SET jit = off; SET enable_seqscan = off")
+        try await connection.execute(
+            "SET jit = off; SET enable_seqscan = off; SET enable_bitmapscan = off; SET plan_cache_mode = force_generic_plan"
+        )
     }
 
     /// Turns up to `limit` outbox rows not yet fanned out into deliveries.
@@ -364,8 +376,13 @@ enum DeliveryStore {
                         applied = i.applied, applied_reason = i.applied_reason,
                         completed_at = CASE WHEN i.verdict IN ('delivered', 'dead') THEN now() END
                     FROM input i
+                    -- $13 is 'in_flight', as a parameter: the plan is made once for any values,
+                    -- and a literal here lets it pick deliveries_leases (state = 'in_flight')
+                    -- whenever statistics were taken while little was in flight; that walks
+                    -- every lease index entry (dead ones too, until vacuum) instead of
+                    -- looking up a round's ids in the primary key.
                     WHERE d.id = ANY ($2::bigint[]) AND d.id = i.id
-                      AND d.state = 'in_flight' AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
+                      AND d.state = $13::text AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
                     RETURNING d.id, d.subscriber_id, d.subject, d.state
                 ), logged AS (
                     INSERT INTO consent_sync.attempts
@@ -401,7 +418,9 @@ enum DeliveryStore {
                     postgresArray(records.map { String($0.duration.seconds * 1000) }),
                     postgresArrayOfOptionals(records.map { $0.answer.map { $0.applied ? "true" : "false" } }),
                     postgresArrayOfOptionals(records.map { $0.answer?.reason }),
-                ]
+                    "in_flight",
+                ],
+                prepared: true
             ),
         ]
     }
