@@ -155,8 +155,11 @@ final class LibPQConnection: @unchecked Sendable {
         guard let conn = self.conn else {
             return failAll(PostgresError(code: .connectionClosed, message: "the connection is closed", isConnectionError: true))
         }
-        for statement in statements {
-            if statement.sql.utf8.contains(0) || statement.parameters.contains(where: { $0?.utf8.contains(0) == true }) {
+        // Names of the statements already prepared on this connection (their SQL was checked
+        // when they were prepared: a round's texts are several kilobytes, sent every round).
+        let known = statements.map { prepare || $0.prepared ? self.preparedNames[$0.sql] : nil }
+        for (statement, name) in zip(statements, known) {
+            if (name == nil && statement.sql.utf8.contains(0)) || statement.parameters.contains(where: { $0?.utf8.contains(0) == true }) {
                 return failAll(PostgresError(code: .invalidArgument, message: "a statement or parameter contains a NUL byte", query: statement.sql))
             }
         }
@@ -178,7 +181,7 @@ final class LibPQConnection: @unchecked Sendable {
                 defer { values.forEach { free($0) } }
                 let count = Int32(values.count)
                 let prepare = prepare || statement.prepared
-                var name = prepare ? self.preparedNames[statement.sql] ?? preparingBySQL[statement.sql] : nil
+                var name = prepare ? known[sent] ?? preparingBySQL[statement.sql] : nil
                 if name == nil, prepare, self.preparedCount < Self.maxPreparedStatements {
                     // A fresh name each time: one that failed or went unconfirmed is never reused.
                     self.preparedCount += 1

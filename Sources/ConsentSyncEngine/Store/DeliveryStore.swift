@@ -113,64 +113,63 @@ enum DeliveryStore {
     static func fanOutStatements(limit: Int) -> [PostgresStatement] {
         [
             PostgresStatement("SELECT pg_advisory_xact_lock($1::bigint)", [String(fanOutLockKey)], prepared: true),
-            PostgresStatement(
-                """
-                WITH picked AS (
-                    SELECT id, queued FROM (
-                        (SELECT q.id, true AS queued FROM consent_sync.captured q ORDER BY q.id LIMIT $1::integer)
-                        UNION ALL
-                        (SELECT c.id, false AS queued FROM consent_sync.changes c WHERE NOT c.fanned_out ORDER BY c.id LIMIT $1::integer)
-                    ) u ORDER BY id LIMIT $1::integer
-                ), taken AS (
-                    DELETE FROM consent_sync.captured q WHERE q.id = ANY (ARRAY(SELECT id FROM picked WHERE queued))
-                    RETURNING \(queueColumns("q"))
-                ), source AS (
-                    SELECT * FROM taken
-                    UNION ALL
-                    SELECT \(outboxColumns("c"))
-                    FROM consent_sync.changes c WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued))
-                ), \(completion(of: "source")), moved AS (
-                    INSERT INTO consent_sync.changes (id, event_id, watch_id, table_name, operation, event_type, subject, purpose,
-                        status, previous_status, source, attributes, problem, txid, changed_at, fanned_out)
-                    SELECT b.id, b.event_id, b.watch_id, b.table_name, b.operation, b.event_type, b.subject, b.purpose,
-                           b.status, b.previous_status, b.source, b.attributes, b.problem, b.txid, b.changed_at, true
-                    FROM batch b WHERE b.queued
-                ), marked AS (
-                    UPDATE consent_sync.changes c SET fanned_out = true, event_id = b.event_id, \(completedColumns)
-                    FROM batch b
-                    WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued)) AND c.id = b.id
-                ), pairs AS (
-                    SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
-                           row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
-                    FROM batch b JOIN consent_sync.subscribers s
-                      -- A snapshot goes to the one subscriber that asked for it; subject.erased to
-                      -- every subscriber (each must erase), whatever its filters.
-                      ON (b.target_subscriber_id IS NULL OR s.id = b.target_subscriber_id)
-                     AND (b.event_type = 'subject.erased'
-                          OR ((s.purposes IS NULL OR b.purpose = ANY (s.purposes))
-                              AND (b.target_subscriber_id IS NOT NULL OR s.event_types IS NULL OR b.event_type = ANY (s.event_types))))
-                ), inserted AS (
-                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, next_attempt_at)
-                    SELECT p.change_id, p.subscriber_id, p.subject,
-                           CASE WHEN p.position > 1 OR (
-                                    SELECT d.change_id FROM consent_sync.deliveries d
-                                    WHERE d.subscriber_id = p.subscriber_id AND d.subject = p.subject
-                                      AND d.state IN ('pending', 'in_flight')
-                                    ORDER BY d.change_id LIMIT 1) < p.change_id
-                                THEN 'infinity'::timestamptz ELSE now() END
-                    FROM pairs p ORDER BY p.change_id, p.subscriber_id
-                    ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
-                    RETURNING 1
-                )
-                SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries,
-                       (SELECT min(id) FROM batch) AS first, (SELECT max(id) FROM batch) AS last,
-                       EXISTS (SELECT 1 FROM consent_sync.subscribers WHERE newest_wins) AS newest_wins
-                """,
-                [String(limit)],
-                prepared: true
-            ),
+            PostgresStatement(fanOutSQL, [String(limit)], prepared: true),
         ]
     }
+
+    /// The fan-out's text, built once (it is sent every round).
+    static let fanOutSQL = """
+        WITH picked AS (
+            SELECT id, queued FROM (
+                (SELECT q.id, true AS queued FROM consent_sync.captured q ORDER BY q.id LIMIT $1::integer)
+                UNION ALL
+                (SELECT c.id, false AS queued FROM consent_sync.changes c WHERE NOT c.fanned_out ORDER BY c.id LIMIT $1::integer)
+            ) u ORDER BY id LIMIT $1::integer
+        ), taken AS (
+            DELETE FROM consent_sync.captured q WHERE q.id = ANY (ARRAY(SELECT id FROM picked WHERE queued))
+            RETURNING \(queueColumns("q"))
+        ), source AS (
+            SELECT * FROM taken
+            UNION ALL
+            SELECT \(outboxColumns("c"))
+            FROM consent_sync.changes c WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued))
+        ), \(completion(of: "source")), moved AS (
+            INSERT INTO consent_sync.changes (id, event_id, watch_id, table_name, operation, event_type, subject, purpose,
+                status, previous_status, source, attributes, problem, txid, changed_at, fanned_out)
+            SELECT b.id, b.event_id, b.watch_id, b.table_name, b.operation, b.event_type, b.subject, b.purpose,
+                   b.status, b.previous_status, b.source, b.attributes, b.problem, b.txid, b.changed_at, true
+            FROM batch b WHERE b.queued
+        ), marked AS (
+            UPDATE consent_sync.changes c SET fanned_out = true, event_id = b.event_id, \(completedColumns)
+            FROM batch b
+            WHERE c.id = ANY (ARRAY(SELECT id FROM picked WHERE NOT queued)) AND c.id = b.id
+        ), pairs AS (
+            SELECT b.id AS change_id, s.id AS subscriber_id, b.subject,
+                   row_number() OVER (PARTITION BY s.id, b.subject ORDER BY b.id) AS position
+            FROM batch b JOIN consent_sync.subscribers s
+              -- A snapshot goes to the one subscriber that asked for it; subject.erased to
+              -- every subscriber (each must erase), whatever its filters.
+              ON (b.target_subscriber_id IS NULL OR s.id = b.target_subscriber_id)
+             AND (b.event_type = 'subject.erased'
+                  OR ((s.purposes IS NULL OR b.purpose = ANY (s.purposes))
+                      AND (b.target_subscriber_id IS NOT NULL OR s.event_types IS NULL OR b.event_type = ANY (s.event_types))))
+        ), inserted AS (
+            INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, next_attempt_at)
+            SELECT p.change_id, p.subscriber_id, p.subject,
+                   CASE WHEN p.position > 1 OR (
+                            SELECT d.change_id FROM consent_sync.deliveries d
+                            WHERE d.subscriber_id = p.subscriber_id AND d.subject = p.subject
+                              AND d.state IN ('pending', 'in_flight')
+                            ORDER BY d.change_id LIMIT 1) < p.change_id
+                        THEN 'infinity'::timestamptz ELSE now() END
+            FROM pairs p ORDER BY p.change_id, p.subscriber_id
+            ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries,
+               (SELECT min(id) FROM batch) AS first, (SELECT max(id) FROM batch) AS last,
+               EXISTS (SELECT 1 FROM consent_sync.subscribers WHERE newest_wins) AS newest_wins
+        """
 
     /// The columns of a queued row (`captured`, alias `alias`) in the shape ``completion(of:)`` reads.
     static func queueColumns(_ alias: String) -> String {
