@@ -1057,13 +1057,30 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             result = self.attempt(f"scaling-k{k}", lambda: self.drain(f"scaling-k{k}", changes, k))
             if result:
                 self.record(result)
-        backlogs = [self.args.backlog_small] + ([self.args.backlog_big] if self.args.big_backlog else [])
-        for backlog in backlogs:
-            k = self.args.drain_k
-            box = self.args.backlog_big_seconds if backlog == self.args.backlog_big else None
+        # The small backlog drains in about a second, so its rate varies by a quarter from run to
+        # run: it runs --backlog-small-runs times, and the big one is compared with their median.
+        k = self.args.drain_k
+        small_rates = []
+        for run in range(self.args.backlog_small_runs):
+            backlog = self.args.backlog_small
             result = self.attempt(f"backlog-{backlog}",
-                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True, time_box=box))
+                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True))
             if result:
+                result["run"] = run + 1
+                small_rates.append(result["deliveries_per_s"])
+                self.record(result)
+        if self.args.big_backlog:
+            backlog = self.args.backlog_big
+            result = self.attempt(f"backlog-{backlog}",
+                                  lambda: self.drain(f"backlog-{backlog}", math.ceil(backlog / k), k, paused_backlog=True,
+                                                     time_box=self.args.backlog_big_seconds))
+            if result:
+                if small_rates and result.get("deliveries_per_s"):
+                    small = median(small_rates)
+                    result["small_backlog_median_per_s"] = small
+                    result["vs_small_backlog_pct"] = round(100.0 * result["deliveries_per_s"] / small, 1)
+                    log(f"backlog: {backlog} pending drain at {result['vs_small_backlog_pct']} % of the {self.args.backlog_small} "
+                        f"one's rate (median of {len(small_rates)} runs: {', '.join(str(r) for r in small_rates)} per s)")
                 self.record(result)
 
     def live(self, label, rate, seconds, clients, transactions=None, perf=None, statements=False):
@@ -1802,6 +1819,8 @@ def parse_args(argv):
     p.add_argument("--scaling-deliveries", type=int, default=env_default("scaling_deliveries", None, int),
                    help="scaling: deliveries per K (changes = this / K; default 150000)")
     p.add_argument("--backlog-small", type=int, default=env_default("backlog_small", None, int), help="scaling: small pending backlog (default 10000)")
+    p.add_argument("--backlog-small-runs", type=int, default=env_default("backlog_small_runs", None, int),
+                   help="scaling: runs of the small backlog, compared by their median (default 3)")
     p.add_argument("--backlog-big", type=int, default=env_default("backlog_big", 1000000, int), help="scaling: big pending backlog (default 1000000)")
     p.add_argument("--backlog-big-seconds", type=int, default=env_default("backlog_big_seconds", 600, int),
                    help="stop the big backlog's drain after this long and report the rate so far (default 600; 0: until done)")
@@ -1835,10 +1854,11 @@ def parse_args(argv):
 
     full = dict(drain_changes=100000, live_rate=1000, live_seconds=30, maxlive_seconds=20, scaling_ks=[1, 3, 10, 30],
                 scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16], producer_runs=3,
-                nginx_seconds=5, profile_changes=50000, callgrind_changes=2000, stall_seconds=60)
+                nginx_seconds=5, profile_changes=50000, callgrind_changes=2000, stall_seconds=60, backlog_small_runs=3)
     smoke = dict(drain_changes=2000, live_rate=200, live_seconds=5, maxlive_seconds=5, scaling_ks=[1, 10],
                  scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4], producer_runs=1,
-                 nginx_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500)
+                 nginx_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500,
+                 backlog_small_runs=1)
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
