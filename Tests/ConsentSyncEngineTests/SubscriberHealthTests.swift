@@ -109,7 +109,7 @@ struct SubscriberHealthTests {
                         "SELECT extract(epoch FROM started_at)::text AS t FROM consent_sync.attempts ORDER BY started_at"
                     ).compactMap { $0["t"].flatMap(Double.init) }
                 }
-                try #require(times.count == 30)
+                try #require(times.count >= 30)  // a retry (a timeout on a loaded machine) takes a token too
                 var busiest = 0
                 for (index, start) in times.enumerated() {
                     busiest = max(busiest, times[index...].prefix { $0 < start + 1.0 }.count)
