@@ -118,14 +118,19 @@ struct SecretTests {
                 // go out before that, signed as before. Write until one carries both signatures
                 // (for half the overlap at most).
                 var sent = 1
-                var during: WebhookReceiver.Request?
-                while during == nil && Date() < expiresAt - 30 {
-                    try await writer.set("during\(sent)", "email", .granted)
-                    sent += 1
-                    let request = try await receiver.waitForRequests(count: sent)[sent - 1]
-                    #expect(Self.verifies(request, with: old), "a request during the overlap must verify with the old secret")
-                    if Self.signatureCount(request) == 2 { during = request }
+                // Writes one change at a time until its request carries `signatures` signatures,
+                // each request verifying with `secret`; nil when `until` comes first.
+                func writeUntilSigned(_ signatures: Int, verifyingWith secret: SigningSecret, until: Date) async throws -> WebhookReceiver.Request? {
+                    while Date() < until {
+                        try await writer.set("w\(sent)", "email", .granted)
+                        sent += 1
+                        let request = try await receiver.waitForRequests(count: sent)[sent - 1]
+                        #expect(Self.verifies(request, with: secret), "request \(sent) must verify with the secret every receiver still knows")
+                        if Self.signatureCount(request) == signatures { return request }
+                    }
+                    return nil
                 }
+                let during = try await writeUntilSigned(2, verifyingWith: old, until: expiresAt - 30)
                 let both = try #require(during, "no request signed with both secrets during the overlap")
                 // Signed within the overlap by the relay's own clock: the start it recorded (it
                 // signs then), not when this busy process's receiver got round to the request.
@@ -149,15 +154,7 @@ struct SecretTests {
                 #expect(moved == 1)
                 // Until the relay has re-read them, a change may still go out signed as before;
                 // write until one carries the new signature alone.
-                var after: WebhookReceiver.Request?
-                let deadline = Date() + 30
-                while after == nil && Date() < deadline {
-                    try await writer.set("after\(sent)", "email", .granted)
-                    sent += 1
-                    let request = try await receiver.waitForRequests(count: sent)[sent - 1]
-                    #expect(Self.verifies(request, with: new), "every request verifies with the new secret")
-                    if Self.signatureCount(request) == 1 { after = request }
-                }
+                let after = try await writeUntilSigned(1, verifyingWith: new, until: Date() + 30)
                 let only = try #require(after, "the relay still signs with the expired secret")
                 #expect(Self.verifies(only, with: new))
                 #expect(!Self.verifies(only, with: old))
