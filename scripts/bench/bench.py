@@ -952,6 +952,11 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             queue = " VACUUM ANALYZE consent_sync.captured;" if self.pg.value(
                 "SELECT to_regclass('consent_sync.captured') IS NOT NULL", db) == "t" else ""
             self.pg.psql(f"VACUUM ANALYZE consent_sync.changes; VACUUM ANALYZE consent_sync.deliveries;{queue} CHECKPOINT;", db)
+            sizes = self.pg.value(
+                "SELECT string_agg(format('%s %s MiB (%s MiB indexes)', c.relname, pg_total_relation_size(c.oid) >> 20, "
+                "pg_indexes_size(c.oid) >> 20), ', ' ORDER BY c.relname) FROM pg_class c "
+                "WHERE c.relnamespace = 'consent_sync'::regnamespace AND c.relkind = 'r' AND c.relname IN ('changes', 'deliveries', 'attempts')", db)
+            log(f"{label}: {sizes}; shared_buffers {self.pg.value('SHOW shared_buffers')}")
             if statements:
                 self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
             xact0 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
@@ -1390,6 +1395,17 @@ unset multiplot
         log(f"plot: {png}")
 
     # -- profiling ----------------------------------------------------------------------------
+
+    def apply_pg_settings(self, pairs):
+        """--pg-setting NAME=VALUE: ALTER SYSTEM for each, then one restart of the throwaway
+        PostgreSQL (shared_buffers and the like need one); every result records the settings."""
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or not re.fullmatch(r"[a-z_.]+", name):
+                raise BenchError(f"--pg-setting {pair!r}: expected NAME=VALUE, e.g. shared_buffers=1GB")
+            self.pg.psql("ALTER SYSTEM SET %s = '%s'" % (name, value.replace("'", "''")))
+        self.pg.restart()
+        log("PostgreSQL restarted with " + ", ".join(pairs))
 
     def load_statement_statistics(self, who):
         """Loads pg_stat_statements (with planning time) and auto_explain into the throwaway
@@ -1844,6 +1860,8 @@ def parse_args(argv):
     p.add_argument("--backlog-big", type=int, default=env_default("backlog_big", 1000000, int), help="scaling: big pending backlog (default 1000000)")
     p.add_argument("--backlog-big-seconds", type=int, default=env_default("backlog_big_seconds", 600, int),
                    help="stop the big backlog's drain after this long and report the rate so far (default 600; 0: until done)")
+    p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a PostgreSQL setting for the throwaway server, e.g. shared_buffers=1GB (repeatable; one restart)")
     p.add_argument("--big-backlog", action="store_true", default=env_default("big_backlog", False, bool), help="run the big backlog too (slow)")
     p.add_argument("--producer-seconds", type=int, default=env_default("producer_seconds", None, int), help="producer: seconds per pgbench run (default 10)")
     p.add_argument("--producer-runs", type=int, default=env_default("producer_runs", None, int),
@@ -1921,6 +1939,8 @@ def main(argv):
     status = 0
     try:
         bench = Bench(args)
+        if args.pg_setting:
+            bench.apply_pg_settings(args.pg_setting)
         bench._pg_meta = {"version": bench.pg.version(), "settings": bench.pg.settings()}
         if args.nice:
             bench.renice()
