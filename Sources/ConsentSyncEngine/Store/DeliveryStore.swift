@@ -380,7 +380,11 @@ enum DeliveryStore {
                     -- whenever statistics were taken while little was in flight; that walks
                     -- every lease index entry (dead ones too, until vacuum) instead of
                     -- looking up a round's ids in the primary key.
-                    WHERE d.id = ANY ($2::bigint[]) AND d.id = i.id
+                    -- Joined on d.id = i.id alone: each result looks up its row in the primary
+                    -- key. With `d.id = ANY ($2)` as well, the plan scanned that array's rows
+                    -- and read the whole input again for each (90 x 90 rows for a round of
+                    -- 90; 2.5 times slower).
+                    WHERE d.id = i.id
                       AND d.state = $13::text AND d.lease_owner = $1::uuid AND d.attempts = i.attempt
                     RETURNING d.id, d.subscriber_id, d.subject, d.state
                 ), logged AS (

@@ -1,0 +1,52 @@
+@testable import ConsentSyncEngine
+import ConsentSyncPostgres
+import ConsentSyncTestKit
+import Foundation
+import Testing
+
+/// The plans PostgreSQL makes for the relay's statements, as its sessions make them (one
+/// generic plan per prepared statement): the cost per delivery must not grow with the
+/// number of results in a round or with the table.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct StatementPlanTests {
+    /// The write-back once joined its results to `deliveries` by reading every result again for
+    /// each row it updated (a nested loop over the round's input: 90 x 90 rows for 90 results).
+    @Test func theWriteBackLooksUpEachResultInThePrimaryKey() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                try await db.execute(
+                    """
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
+                    SELECT 'cust-' || g, 'marketing_email', 'granted', 'test' FROM generate_series(1, 300) AS g
+                    """
+                )
+                _ = try await DeliveryStore.fanOut(limit: 1000, on: db)
+                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+                let owner = UUID()
+                let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 300)], lease: .seconds(60), on: db)
+                #expect(claimed.count == 300)
+
+                let records = claimed.map {
+                    AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
+                }
+                let statement = DeliveryStore.recordStatements(records, owner: owner)[1]
+                let arguments = statement.parameters.map { value in
+                    value.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" } ?? "NULL"
+                }
+                try await db.execute("PREPARE write_back AS \(statement.sql)")
+                let plan = try await db.query(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE write_back(\(arguments.joined(separator: ", ")))"
+                ).map { $0[0] ?? "" }.joined(separator: "\n")
+
+                let states = try await db.query("SELECT state, count(*) AS n FROM consent_sync.deliveries GROUP BY state")
+                #expect(states.map { "\($0["state"] ?? "?") \($0["n"] ?? "?")" } == ["delivered 300"])
+                // Each result found through the primary key, none by filtering a join.
+                #expect(plan.contains("Index Scan using deliveries_pkey on deliveries d"), "\(plan)")
+                #expect(plan.contains("Index Cond: (id = i"), "\(plan)")
+                #expect(!plan.contains("Rows Removed by Join Filter"), "\(plan)")
+            }
+        }
+    }
+}
