@@ -296,12 +296,13 @@ class Postgres:
     def version(self):
         return self.value("SHOW server_version")
 
-    def settings(self):
+    def settings(self, extra=()):
+        """The settings that shape the figures, as SHOW prints them (e.g. 128MB), and `extra`."""
         names = ["shared_buffers", "fsync", "synchronous_commit", "full_page_writes", "max_wal_size", "checkpoint_timeout",
-                 "max_connections", "shared_preload_libraries"]
-        out = self.psql("SELECT name, setting, coalesce(unit, '') FROM pg_settings WHERE name IN (%s) ORDER BY name"
+                 "max_connections", "shared_preload_libraries"] + [n for n in extra if re.fullmatch(r"[a-z_.]+", n)]
+        out = self.psql("SELECT name, current_setting(name) FROM pg_settings WHERE name IN (%s) ORDER BY name"
                         % ",".join(f"'{n}'" for n in names))
-        return {line.split("|")[0]: line.split("|")[1] + line.split("|")[2] for line in out.splitlines()}
+        return {line.split("|")[0]: line.split("|")[1] for line in out.splitlines()}
 
     def restart(self):
         """Restart with the same options (postmaster.opts); used to load pg_stat_statements."""
@@ -628,7 +629,6 @@ class Bench:
         self.db_counter += 1
         name = f"bench_{self.db_counter}_{re.sub(r'[^a-z0-9]', '_', label.lower())}"[:60]
         self.pg.create_db(name)
-        self.pg.psql("ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min'; SELECT pg_reload_conf();")
         Daemon(self, name, os.path.join(self.out, "daemon.log")).command("migrate")
         if self.args.after_migrate_sql:
             self.pg.psql(self.args.after_migrate_sql, name)
@@ -1026,7 +1026,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 result["pg_stat_statements"] = stmt_rows
                 for q in stmt_rows[:3]:
                     log(f"{label}: {q['calls']} x {(q['exec_ms'] + q['plan_ms']) / max(1, q['calls']):.2f} ms "
-                        f"({1000 * (q['exec_ms'] + q['plan_ms']) / max(1, n):.1f} us per delivery): {q['query'][:60]}")
+                        f"({1000 * (q['exec_ms'] + q['plan_ms']) / max(1, n):.1f} us, {q['buffers'] / max(1, n):.1f} buffers "
+                        f"per delivery): {q['query'][:60]}")
             log(f"{label}: {n} deliveries in {elapsed or 0:.2f} s = {result['deliveries_per_s']}/s; daemon "
                 f"{result['daemon_cpu_us_per_delivery']} us, PostgreSQL {result['pg_cpu_us_per_delivery']} us per delivery; "
                 f"peak RSS {result['peak_rss_mib']} MiB")
@@ -1042,10 +1043,11 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         """The most expensive statements of `db` since pg_stat_statements_reset(), with planning time."""
         rows = self.pg.rows(
             "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, "
-            "regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+            "shared_blks_hit + shared_blks_read, regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
             "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "ORDER BY total_exec_time + total_plan_time DESC LIMIT 20", db)
-        return [{"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "query": r[4]} for r in rows]
+        return [{"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "buffers": int(r[4]),
+                 "query": r[5]} for r in rows]
 
     def attempt(self, label, run):
         """Runs one measurement; a failure is recorded and the next one still runs."""
@@ -1515,10 +1517,10 @@ unset multiplot
         summary = {}
         if result.get("pg_stat_statements"):
             with open(os.path.join(prof, f"{prefix}pg_stat_statements.txt"), "w") as f:
-                f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8}  query\n")
+                f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8} {'buf/call':>8}  query\n")
                 for q in result["pg_stat_statements"]:
                     f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} "
-                            f"{q['plan_ms']:>10.1f} {q['rows']:>8}  {q['query']}\n")
+                            f"{q['plan_ms']:>10.1f} {q['rows']:>8} {q['buffers'] / max(1, q['calls']):>8.0f}  {q['query']}\n")
         if not os.path.exists(perf_data):
             return summary
         pid = str(result["daemon_pid"])
@@ -1939,9 +1941,13 @@ def main(argv):
     status = 0
     try:
         bench = Bench(args)
+        # Checkpoints and WAL size out of the way of the figures (results.json records them);
+        # --pg-setting comes after, so that it can override them.
+        bench.pg.psql("ALTER SYSTEM SET max_wal_size = '8GB'; ALTER SYSTEM SET checkpoint_timeout = '30min'; SELECT pg_reload_conf();")
         if args.pg_setting:
             bench.apply_pg_settings(args.pg_setting)
-        bench._pg_meta = {"version": bench.pg.version(), "settings": bench.pg.settings()}
+        bench._pg_meta = {"version": bench.pg.version(),
+                          "settings": bench.pg.settings(extra=[pair.partition("=")[0] for pair in args.pg_setting])}
         if args.nice:
             bench.renice()
         log(f"results in {bench.out}; PostgreSQL {bench._pg_meta['version']}; binary {args.binary}")
