@@ -10,8 +10,9 @@ import Synchronization
 /// outbox rows out into deliveries, claims due deliveries and sends them, and writes back
 /// each result.
 ///
-/// One database connection runs the pipeline's statements in turn; requests run
-/// concurrently, bounded per subscriber and in all, each in its own child task.
+/// One database connection runs the pipeline's statements in turn, on the same serial queue
+/// as the loop that issues them (``SerialQueueExecutor``); requests run concurrently on the
+/// cooperative pool, bounded per subscriber and in all, each in its own child task.
 public final class Relay: Service {
     private let settings: Mutex<Configuration>
     /// Set by ``reconfigure(_:)``: reload subscribers at the next round.
