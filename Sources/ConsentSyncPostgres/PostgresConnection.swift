@@ -45,15 +45,8 @@ public final class PostgresConnection: Sendable {
     /// (passwords removed).
     ///
     /// Cancelling the calling task abandons the attempt at once (it finishes in the background).
-    ///
-    /// - Parameter queue: the serial queue for its libpq calls; by default one of its own. A
-    ///   caller whose task runs on a serial queue (a task executor) can pass that queue, so that
-    ///   each answer resumes the caller on the thread that read it. Nothing on that queue may
-    ///   then wait synchronously for the connection.
-    public static func connect(
-        _ configuration: PostgresConfiguration, logger: Logger, queue: DispatchQueue? = nil
-    ) async throws -> PostgresConnection {
-        let queue = queue ?? DispatchQueue(label: "consent-sync.postgres.connection")
+    public static func connect(_ configuration: PostgresConfiguration, logger: Logger) async throws -> PostgresConnection {
+        let queue = DispatchQueue(label: "consent-sync.postgres.connection")
         let attempt = ConnectAttempt()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in

@@ -10,9 +10,8 @@ import Synchronization
 /// outbox rows out into deliveries, claims due deliveries and sends them, and writes back
 /// each result.
 ///
-/// One database connection runs the pipeline's statements in turn, on the same serial queue
-/// as the loop that issues them (``SerialQueueExecutor``); requests run concurrently on the
-/// cooperative pool, bounded per subscriber and in all, each in its own child task.
+/// One database connection runs the pipeline's statements in turn; requests run
+/// concurrently, bounded per subscriber and in all, each in its own child task.
 public final class Relay: Service {
     private let settings: Mutex<Configuration>
     /// Set by ``reconfigure(_:)``: reload subscribers at the next round.
@@ -295,133 +294,128 @@ public final class Relay: Service {
         var installationID = ""
         /// This instance told the database it is idle (so the trigger NOTIFYs it).
         var armed = false
-        // The loop and its connection share one serial queue (see SerialQueueExecutor); the
-        // requests run on the cooperative pool.
-        let rounds = SerialQueueExecutor(label: "consent-sync.relay.rounds")
 
-        await withTaskExecutorPreference(rounds) {
-            await withDiscardingTaskGroup { requests in
-                while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
-                    do {
-                        configuration = self.configuration
-                        state.maxInFlight = configuration.maxInFlight
-                        state.instances = liveInstances.load(ordering: .relaxed)
-                        let db: PostgresConnection
-                        if let connection { db = connection } else {
-                            db = try await PostgresConnection.connect(database, logger: logger, queue: rounds.queue)
-                            try await DeliveryStore.prepareSession(db)
-                            try await Migrator.requireCurrent(db)
-                            installationID = try await DeliveryStore.installationID(on: db)
-                            // Registered even when polling only: rate limits are shared among the daemons here.
-                            try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
-                            armed = false
-                            connection = db
-                            health.update {
-                                $0.databaseReady = true
-                                $0.schemaVersion = Migrations.latestVersion
-                            }
-                            logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
-                        }
-
-                        if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
-                            subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
-                            subscribersLoadedAt = .now
-                        }
-
-                        // One round trip: write back what finished, fan out one batch, claim. One
-                        // batch per round, then claim: draining the whole outbox first let a steady
-                        // stream of writes starve delivery (found by the benchmark). A full batch
-                        // counts as work, so the next round comes at once.
-                        let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
-                        let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
-                        let fannedOutTotal = round.fannedOut
-                        let claimed = round.claimed
-                        metrics.fannedOut(fannedOutTotal)
-                        var bodies: [Int64: [UInt8]] = [:]
-                        let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
-                        for delivery in claimed {
-                            guard let subscriber = subscribers[delivery.subscriberID] else {
-                                // Added since the last refresh: fetch it next round; give the claim back now.
-                                try await DeliveryStore.releaseLeases(owner: instanceID, ids: [delivery.id], on: db)
-                                subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
-                                continue
-                            }
-                            let body: [UInt8]
-                            if subscriber.needsOwnBody {
-                                // Fewer attributes or a pseudonymous subject id: its own bytes.
-                                body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
-                            } else {
-                                body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
-                                bodies[delivery.change.id] = body
-                            }
-                            state.started(delivery)
-                            leased.withLock { $0[delivery.id] = lease }
-                            let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
-                            let webhookID = webhookIDPrefix + String(delivery.id)
-                            let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
-                            // The attempt starts now, as it takes its slot and rate-limit token;
-                            // the task below may start a moment later on a busy machine.
-                            let startedAt = Date()
-                            requests.addTask(executorPreference: globalConcurrentExecutor) {
-                                let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: startedAt)
-                                self.finished.withLock { $0.append(record) }
-                                self.doorbell.ring()
-                            }
-                        }
-                        failures = 0
-                        let inFlight = state.inFlightTotal
-                        let known = subscribers.count
+        await withDiscardingTaskGroup { requests in
+            while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
+                do {
+                    configuration = self.configuration
+                    state.maxInFlight = configuration.maxInFlight
+                    state.instances = liveInstances.load(ordering: .relaxed)
+                    let db: PostgresConnection
+                    if let connection { db = connection } else {
+                        db = try await PostgresConnection.connect(database, logger: logger)
+                        try await DeliveryStore.prepareSession(db)
+                        try await Migrator.requireCurrent(db)
+                        installationID = try await DeliveryStore.installationID(on: db)
+                        // Registered even when polling only: rate limits are shared among the daemons here.
+                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                        armed = false
+                        connection = db
                         health.update {
-                            $0.lastLoopTurn = .now
-                            $0.lastError = nil
-                            $0.inFlight = inFlight
-                            $0.subscribers = known
+                            $0.databaseReady = true
+                            $0.schemaVersion = Migrations.latestVersion
                         }
-                        let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
-                        if configuration.listen && armed && !idle {
-                            // Busy again: writers need not NOTIFY while this instance keeps looking.
-                            try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
-                            armed = false
-                        }
-                        if idle && configuration.listen && !armed {
-                            // Arm, then look once more before sleeping: a change committed before the
-                            // flag was visible did not NOTIFY, but this round finds it. (One whose
-                            // trigger ran before the flag and that commits after this round is left
-                            // to the poll interval.)
-                            try await DeliveryStore.setIdle(true, instance: instanceID, on: db)
-                            armed = true
+                        logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
+                    }
+
+                    if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
+                        subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
+                        subscribersLoadedAt = .now
+                    }
+
+                    // One round trip: write back what finished, fan out one batch, claim. One
+                    // batch per round, then claim: draining the whole outbox first let a steady
+                    // stream of writes starve delivery (found by the benchmark). A full batch
+                    // counts as work, so the next round comes at once.
+                    let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
+                    let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
+                    let fannedOutTotal = round.fannedOut
+                    let claimed = round.claimed
+                    metrics.fannedOut(fannedOutTotal)
+                    var bodies: [Int64: [UInt8]] = [:]
+                    let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
+                    for delivery in claimed {
+                        guard let subscriber = subscribers[delivery.subscriberID] else {
+                            // Added since the last refresh: fetch it next round; give the claim back now.
+                            try await DeliveryStore.releaseLeases(owner: instanceID, ids: [delivery.id], on: db)
+                            subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
                             continue
                         }
-                        if idle {
-                            await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
+                        let body: [UInt8]
+                        if subscriber.needsOwnBody {
+                            // Fewer attributes or a pseudonymous subject id: its own bytes.
+                            body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
+                        } else {
+                            body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
+                            bodies[delivery.change.id] = body
                         }
-                    } catch {
-                        if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
-                        failures += 1
-                        let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
-                        logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
-                        metrics.databaseError()
-                        let lostConnection = (error as? PostgresError)?.isConnectionError ?? true
-                        health.update {
-                            $0.lastError = "\(error)"
-                            $0.lastLoopTurn = .now
-                            if lostConnection { $0.databaseReady = false }
+                        state.started(delivery)
+                        leased.withLock { $0[delivery.id] = lease }
+                        let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
+                        let webhookID = webhookIDPrefix + String(delivery.id)
+                        let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
+                        // The attempt starts now, as it takes its slot and rate-limit token;
+                        // the task below may start a moment later on a busy machine.
+                        let startedAt = Date()
+                        requests.addTask {
+                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: startedAt)
+                            self.finished.withLock { $0.append(record) }
+                            self.doorbell.ring()
                         }
-                        if lostConnection {
-                            await connection?.close()
-                            connection = nil
-                        }
-                        try? await Task.sleep(for: delay)
                     }
+                    failures = 0
+                    let inFlight = state.inFlightTotal
+                    let known = subscribers.count
+                    health.update {
+                        $0.lastLoopTurn = .now
+                        $0.lastError = nil
+                        $0.inFlight = inFlight
+                        $0.subscribers = known
+                    }
+                    let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                    if configuration.listen && armed && !idle {
+                        // Busy again: writers need not NOTIFY while this instance keeps looking.
+                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                        armed = false
+                    }
+                    if idle && configuration.listen && !armed {
+                        // Arm, then look once more before sleeping: a change committed before the
+                        // flag was visible did not NOTIFY, but this round finds it. (One whose
+                        // trigger ran before the flag and that commits after this round is left
+                        // to the poll interval.)
+                        try await DeliveryStore.setIdle(true, instance: instanceID, on: db)
+                        armed = true
+                        continue
+                    }
+                    if idle {
+                        await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
+                    }
+                } catch {
+                    if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
+                    failures += 1
+                    let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
+                    logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
+                    metrics.databaseError()
+                    let lostConnection = (error as? PostgresError)?.isConnectionError ?? true
+                    health.update {
+                        $0.lastError = "\(error)"
+                        $0.lastLoopTurn = .now
+                        if lostConnection { $0.databaseReady = false }
+                    }
+                    if lostConnection {
+                        await connection?.close()
+                        connection = nil
+                    }
+                    try? await Task.sleep(for: delay)
                 }
-
-                // Draining: no new claims; let requests in flight finish for a while.
-                let deadline = ContinuousClock.now + configuration.drainTimeout
-                while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
-                    await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
-                }
-                requests.cancelAll()
             }
+
+            // Draining: no new claims; let requests in flight finish for a while.
+            let deadline = ContinuousClock.now + configuration.drainTimeout
+            while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
+                await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
+            }
+            requests.cancelAll()
         }
 
         // Every request has ended (finished, or cut short and recorded as interrupted).
