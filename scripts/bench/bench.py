@@ -1862,8 +1862,9 @@ def parse_args(argv):
     p.add_argument("--backlog-big", type=int, default=env_default("backlog_big", 1000000, int), help="scaling: big pending backlog (default 1000000)")
     p.add_argument("--backlog-big-seconds", type=int, default=env_default("backlog_big_seconds", 600, int),
                    help="stop the big backlog's drain after this long and report the rate so far (default 600; 0: until done)")
-    p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
-                   help="a PostgreSQL setting for the throwaway server, e.g. shared_buffers=1GB (repeatable; one restart)")
+    p.add_argument("--pg-setting", action="append", default=env_default("pg_setting", [], str.split), metavar="NAME=VALUE",
+                   help="a PostgreSQL setting for the throwaway server, e.g. shared_buffers=1GB (repeatable; one restart; "
+                        "BENCH_PG_SETTING takes several, separated by spaces)")
     p.add_argument("--big-backlog", action="store_true", default=env_default("big_backlog", False, bool), help="run the big backlog too (slow)")
     p.add_argument("--producer-seconds", type=int, default=env_default("producer_seconds", None, int), help="producer: seconds per pgbench run (default 10)")
     p.add_argument("--producer-runs", type=int, default=env_default("producer_runs", None, int),
