@@ -297,9 +297,10 @@ class Postgres:
         return self.value("SHOW server_version")
 
     def settings(self, extra=()):
-        """The settings that shape the figures, as SHOW prints them (e.g. 128MB), and `extra`."""
+        """The settings that shape the figures, as SHOW prints them (e.g. 128MB), and `extra`
+        (names already checked by setting_name())."""
         names = ["shared_buffers", "fsync", "synchronous_commit", "full_page_writes", "max_wal_size", "checkpoint_timeout",
-                 "max_connections", "shared_preload_libraries"] + [n for n in extra if re.fullmatch(r"[a-z_.]+", n)]
+                 "max_connections", "shared_preload_libraries"] + list(extra)
         out = self.psql("SELECT name, current_setting(name) FROM pg_settings WHERE name IN (%s) ORDER BY name"
                         % ",".join(f"'{n}'" for n in names))
         return {line.split("|")[0]: line.split("|")[1] for line in out.splitlines()}
@@ -958,7 +959,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 "WHERE c.relnamespace = 'consent_sync'::regnamespace AND c.relkind = 'r' AND c.relname IN ('changes', 'deliveries', 'attempts')", db)
             log(f"{label}: {sizes}; shared_buffers {self.pg.value('SHOW shared_buffers')}")
             if statements:
-                self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
+                self.reset_statement_statistics(db)
             xact0 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
             daemon = Daemon(self, db, os.path.join(self.out, f"daemon-{db}.log"), wrapper=wrapper)
             watch = Stopwatch(self, daemon, nginx)
@@ -1038,6 +1039,10 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             nginx.stop()
             if not self.args.keep_databases:
                 self.pg.drop_db(db)
+
+    def reset_statement_statistics(self, db):
+        """pg_stat_statements from zero, for the run about to start in `db`; read by statement_rows()."""
+        self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
 
     def statement_rows(self, db):
         """The most expensive statements of `db` since pg_stat_statements_reset(), with planning time."""
@@ -1126,7 +1131,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if rate:
                 argv += ["--rate", str(rate)]
             if statements:
-                self.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();", db)
+                self.reset_statement_statistics(db)
             perf_proc = perf(daemon) if perf else None
             watch = Stopwatch(self, daemon, nginx)
             before = watch.sample()
@@ -1402,10 +1407,8 @@ unset multiplot
         """--pg-setting NAME=VALUE: ALTER SYSTEM for each, then one restart of the throwaway
         PostgreSQL (shared_buffers and the like need one); every result records the settings."""
         for pair in pairs:
-            name, sep, value = pair.partition("=")
-            if not sep or not re.fullmatch(r"[a-z_.]+", name):
-                raise BenchError(f"--pg-setting {pair!r}: expected NAME=VALUE, e.g. shared_buffers=1GB")
-            self.pg.psql("ALTER SYSTEM SET %s = '%s'" % (name, value.replace("'", "''")))
+            value = pair.partition("=")[2]
+            self.pg.psql("ALTER SYSTEM SET %s = '%s'" % (setting_name(pair), value.replace("'", "''")))
         self.pg.restart()
         log("PostgreSQL restarted with " + ", ".join(pairs))
 
@@ -1810,6 +1813,14 @@ def python_load(port, body, seconds, connections=16):
 # options: flags, each also settable as BENCH_<NAME> (e.g. BENCH_DRAIN_CHANGES=20000)
 
 
+def setting_name(pair):
+    """The NAME of a --pg-setting NAME=VALUE, checked (it goes into SQL text)."""
+    name, sep, _ = pair.partition("=")
+    if not sep or not re.fullmatch(r"[a-z_.]+", name):
+        raise BenchError(f"--pg-setting {pair!r}: expected NAME=VALUE, e.g. shared_buffers=1GB")
+    return name
+
+
 def env_default(name, default, kind=str):
     raw = os.environ.get("BENCH_" + name.upper())
     if raw is None or raw == "":
@@ -1948,7 +1959,7 @@ def main(argv):
         if args.pg_setting:
             bench.apply_pg_settings(args.pg_setting)
         bench._pg_meta = {"version": bench.pg.version(),
-                          "settings": bench.pg.settings(extra=[pair.partition("=")[0] for pair in args.pg_setting])}
+                          "settings": bench.pg.settings(extra=[setting_name(pair) for pair in args.pg_setting])}
         if args.nice:
             bench.renice()
         log(f"results in {bench.out}; PostgreSQL {bench._pg_meta['version']}; binary {args.binary}")
