@@ -393,6 +393,11 @@ enum DeliveryStore {
                     SELECT i.id, i.attempt, to_timestamp(i.started_at), i.duration_ms, i.status, i.error, i.excerpt, $1::uuid,
                            i.applied, i.applied_reason
                     FROM input i
+                    -- Written again after the connection was lost, these results may have been
+                    -- committed the first time: each attempt is logged once (attempt numbers
+                    -- only grow, and a lease expiry logs its own row without an instance).
+                    WHERE NOT EXISTS (SELECT 1 FROM consent_sync.attempts a
+                                      WHERE a.delivery_id = i.id AND a.attempt = i.attempt AND a.instance_id = $1::uuid)
                 ), unparked AS (
                     UPDATE consent_sync.deliveries p SET next_attempt_at = now()
                     WHERE p.id = ANY (ARRAY(

@@ -1,0 +1,54 @@
+@testable import ConsentSyncEngine
+import ConsentSyncPostgres
+import ConsentSyncTestKit
+import Foundation
+import Testing
+
+/// The write-back of results, as the relay sends it again when its connection was lost before
+/// the answer came: it may have been committed already.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
+struct WriteBackTests {
+    @Test func resultsWrittenTwiceLogEachAttemptOnce() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                try await db.execute(
+                    """
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
+                    SELECT 'cust-' || g, 'marketing_email', 'granted', 'test' FROM generate_series(1, 3) AS g
+                    """
+                )
+                _ = try await DeliveryStore.fanOut(limit: 100, on: db)
+                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+                let owner = UUID()
+                let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 10)], lease: .seconds(60), on: db)
+                #expect(claimed.count == 3)
+                let records = claimed.map {
+                    AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
+                }
+
+                let first = try await DeliveryStore.record(records, owner: owner, on: db)
+                let again = try await DeliveryStore.record(records, owner: owner, on: db)
+                #expect(first == Set(claimed.map(\.id)))
+                #expect(again.isEmpty)
+                #expect(try await Self.attemptRows(db) == [1, 1, 1])
+
+                // Another instance that lost the lease to this one still logs its own attempt.
+                _ = try await DeliveryStore.record(records, owner: UUID(), on: db)
+                #expect(try await Self.attemptRows(db) == [2, 2, 2])
+            }
+        }
+    }
+
+    /// Attempt rows per delivery, in delivery order.
+    static func attemptRows(_ db: PostgresConnection) async throws -> [Int] {
+        try await db.query(
+            """
+            SELECT count(a.id) AS n FROM consent_sync.deliveries d
+            LEFT JOIN consent_sync.attempts a ON a.delivery_id = d.id
+            GROUP BY d.id ORDER BY d.id
+            """
+        ).map { try $0.int("n") }
+    }
+}
