@@ -34,7 +34,7 @@ struct WriteBackTests {
                 #expect(again.isEmpty)
                 #expect(try await Self.attemptRows(db) == [1, 1, 1])
 
-                // Another instance that lost the lease to this one still logs its own attempt.
+                // An instance whose lease was lost still logs its own attempt (the request was made).
                 _ = try await DeliveryStore.record(records, owner: UUID(), on: db)
                 #expect(try await Self.attemptRows(db) == [2, 2, 2])
             }
