@@ -21,7 +21,8 @@ public final class DaemonProcess: Sendable {
     }
 
     private let process: Process
-    private let output = OutputBuffer()
+    private let stdoutReader: PipeReader
+    private let stderrReader: PipeReader
 
     /// Starts `consent-sync <arguments>` with exactly `environment` (plus PATH and HOME).
     public init(_ arguments: [String], environment: [String: String]) throws {
@@ -38,26 +39,14 @@ public final class DaemonProcess: Sendable {
         process.standardOutput = stdout
         process.standardError = stderr
         process.standardInput = FileHandle.nullDevice
-        stdout.fileHandleForReading.readabilityHandler = { [output] handle in
-            let bytes = handle.availableData
-            output.state.withLock { state in
-                if bytes.isEmpty { state.stdoutClosed = true } else { state.stdout.append(contentsOf: bytes) }
-            }
-            if bytes.isEmpty { handle.readabilityHandler = nil }
-        }
-        stderr.fileHandleForReading.readabilityHandler = { [output] handle in
-            let bytes = handle.availableData
-            output.state.withLock { state in
-                if bytes.isEmpty { state.stderrClosed = true } else { state.stderr.append(contentsOf: bytes) }
-            }
-            if bytes.isEmpty { handle.readabilityHandler = nil }
-        }
+        stdoutReader = PipeReader(stdout.fileHandleForReading)
+        stderrReader = PipeReader(stderr.fileHandleForReading)
         try process.run()
     }
 
     public var pid: Int32 { process.processIdentifier }
-    public var stdout: String { output.state.withLock { String(decoding: $0.stdout, as: UTF8.self) } }
-    public var stderr: String { output.state.withLock { String(decoding: $0.stderr, as: UTF8.self) } }
+    public var stdout: String { String(decoding: stdoutReader.data, as: UTF8.self) }
+    public var stderr: String { String(decoding: stderrReader.data, as: UTF8.self) }
     public var isRunning: Bool { process.isRunning }
 
     public func signal(_ signal: Int32) {
@@ -75,11 +64,9 @@ public final class DaemonProcess: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        // Read both pipes to their end (a loaded machine may run the handlers late).
-        let drained = ContinuousClock.now + .seconds(10)
-        while !output.state.withLock({ $0.stdoutClosed && $0.stderrClosed }) && ContinuousClock.now < drained {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        // Read both pipes to their end (a loaded machine may schedule the readers late).
+        _ = await stdoutReader.ended(within: .seconds(10))
+        _ = await stderrReader.ended(within: .seconds(10))
         return process.terminationStatus
     }
 
@@ -120,19 +107,6 @@ public final class DaemonProcess: Sendable {
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
-}
-
-/// What the child wrote, shared with the pipes' handlers.
-private final class OutputBuffer: Sendable {
-    struct State {
-        var stdout: [UInt8] = []
-        var stderr: [UInt8] = []
-        /// The pipe reached its end: everything the child wrote is in the buffer.
-        var stdoutClosed = false
-        var stderrClosed = false
-    }
-
-    let state = Mutex(State())
 }
 
 public struct DaemonProcessError: Error, CustomStringConvertible {

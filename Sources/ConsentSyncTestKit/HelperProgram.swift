@@ -74,8 +74,8 @@ public enum HelperProgram {
                     kill(process.processIdentifier, SIGKILL)
                 }
             }
-            let output = Reader(stdout.fileHandleForReading)
-            let errors = mergingStandardError ? nil : Reader(stderr.fileHandleForReading)
+            let output = PipeReader(stdout.fileHandleForReading)
+            let errors = mergingStandardError ? nil : PipeReader(stderr.fileHandleForReading)
             process.waitUntilExit()
             let killed = ended.withLock { state in
                 state.exited = true
@@ -98,29 +98,6 @@ public enum HelperProgram {
             Thread.detachNewThread {
                 continuation.resume(with: Swift.Result { try body() })
             }
-        }
-    }
-
-    /// Reads a pipe to its end on a thread of its own.
-    private final class Reader: Sendable {
-        private let data = Mutex(Data())
-        private let done = DispatchSemaphore(value: 0)
-
-        init(_ handle: FileHandle) {
-            Thread.detachNewThread { [self] in
-                while true {
-                    let chunk = handle.availableData
-                    if chunk.isEmpty { break }
-                    self.data.withLock { $0.append(chunk) }
-                }
-                self.done.signal()
-            }
-        }
-
-        /// What was read once the pipe ends, or after `limit`, whichever comes first.
-        func wait(upTo limit: Duration) -> Data {
-            _ = done.wait(timeout: .now() + .milliseconds(Int(limit / .milliseconds(1))))
-            return self.data.withLock { $0 }
         }
     }
 }

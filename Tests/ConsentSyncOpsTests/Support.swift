@@ -220,8 +220,9 @@ final class NotifySocket: Sendable {
         let stdin = Pipe(), stdout = Pipe()
         process.standardInput = stdin
         process.standardOutput = stdout
-        stdout.fileHandleForReading.readabilityHandler = { handle in
-            inbox.append(String(decoding: handle.availableData, as: UTF8.self))
+        // Reads until the script exits (its reading thread keeps the reader).
+        _ = PipeReader(stdout.fileHandleForReading) { chunk in
+            inbox.append(String(decoding: chunk, as: UTF8.self))
         }
         try process.run()
         let socket = NotifySocket(path: path, process: process, stdin: stdin, inbox: inbox)

@@ -200,11 +200,7 @@ enum ChildProcess {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
-        let output = OutputBox()
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            output.text.withLock { $0 += text }
-        }
+        let output = PipeReader(pipe.fileHandleForReading)
         try process.run()
         let deadline = ContinuousClock.now + timeout
         while process.isRunning {
@@ -214,13 +210,8 @@ enum ChildProcess {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
-        try await Task.sleep(for: .milliseconds(20))
-        pipe.fileHandleForReading.readabilityHandler = nil
-        return (process.terminationStatus, output.text.withLock { $0 })
+        // Its output ends with it, unless a descendant kept the pipe: then what came is enough.
+        _ = await output.ended(within: .seconds(2))
+        return (process.terminationStatus, String(decoding: output.data, as: UTF8.self))
     }
-}
-
-/// What a child wrote, shared with its pipe's handler.
-private final class OutputBox: Sendable {
-    let text = Mutex("")
 }
