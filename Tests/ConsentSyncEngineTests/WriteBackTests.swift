@@ -10,20 +10,7 @@ import Testing
 struct WriteBackTests {
     @Test func resultsWrittenTwiceLogEachAttemptOnce() async throws {
         try await RelayFixture.withMigratedDatabase { database in
-            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
-            try await database.withConnection { db in
-                try await DeliveryStore.prepareSession(db)
-                try await db.execute(
-                    """
-                    INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
-                    SELECT 'cust-' || g, 'marketing_email', 'granted', 'test' FROM generate_series(1, 3) AS g
-                    """
-                )
-                _ = try await DeliveryStore.fanOut(limit: 100, on: db)
-                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
-                let owner = UUID()
-                let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 10)], lease: .seconds(60), on: db)
-                #expect(claimed.count == 3)
+            try await withClaimedDeliveries(3, on: database) { db, owner, claimed in
                 let records = claimed.map {
                     AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
                 }
@@ -50,5 +37,30 @@ struct WriteBackTests {
             GROUP BY d.id ORDER BY d.id
             """
         ).map { try $0.int("n") }
+    }
+}
+
+/// What the write-back tests start from: one subscriber, `count` consent changes fanned out
+/// and all of their deliveries claimed by one owner, on a session prepared as the relay's.
+func withClaimedDeliveries(
+    _ count: Int,
+    on database: TestDatabase,
+    _ body: (PostgresConnection, UUID, [ClaimedDelivery]) async throws -> Void
+) async throws {
+    try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+    try await database.withConnection { db in
+        try await DeliveryStore.prepareSession(db)
+        try await db.execute(
+            """
+            INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
+            SELECT 'cust-' || g, 'marketing_email', 'granted', 'test' FROM generate_series(1, \(count)) AS g
+            """
+        )
+        _ = try await DeliveryStore.fanOut(limit: count + 100, on: db)
+        let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+        let owner = UUID()
+        let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, count)], lease: .seconds(60), on: db)
+        #expect(claimed.count == count)
+        try await body(db, owner, claimed)
     }
 }
