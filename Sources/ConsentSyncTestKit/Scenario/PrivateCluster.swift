@@ -7,7 +7,6 @@ import Darwin
 #endif
 import ConsentSyncPostgres
 import Foundation
-import Synchronization
 
 /// A PostgreSQL cluster of a scenario's own, in a temporary folder on a free port of
 /// 127.0.0.1 (trust authentication), so that the scenario can restart or stop it without
@@ -160,7 +159,7 @@ public final class PrivateCluster: Sendable {
         // seemed to end, and it would hold on to the sockets of receivers and connections.)
         let command = ["/usr/bin/env", "python3", "-c", "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:], close_fds=True).returncode)"]
             + self.runAs + ["\(binaries)/\(name)"] + arguments
-        let result = try await ChildProcess.run(command)
+        let result = try await HelperProgram.run(command[0], Array(command.dropFirst()), mergingStandardError: true)
         guard result.status == 0 else {
             throw ScenarioError("\(name) failed (\(result.status)): \(result.output.suffix(2000))\n\(self.logTail)")
         }
@@ -187,31 +186,5 @@ public final class PrivateCluster: Sendable {
             if bound == 0 { return port }
         }
         throw ScenarioError("no free port for a private PostgreSQL cluster")
-    }
-}
-
-/// Runs a helper program (not `consent-sync`) to completion without blocking a cooperative thread.
-enum ChildProcess {
-    static func run(_ command: [String], timeout: Duration = .seconds(120)) async throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
-        process.standardInput = FileHandle.nullDevice
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        let output = PipeReader(pipe.fileHandleForReading)
-        try process.run()
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                process.terminate()
-                throw ScenarioError("\(command.joined(separator: " ")) did not finish within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        // Its output ends with it, unless a descendant kept the pipe: then what came is enough.
-        _ = await output.ended(within: .seconds(2))
-        return (process.terminationStatus, String(decoding: output.data, as: UTF8.self))
     }
 }
