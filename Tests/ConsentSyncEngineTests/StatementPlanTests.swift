@@ -36,4 +36,40 @@ struct StatementPlanTests {
             }
         }
     }
+
+    /// Retention deletes old changes in batches; each deleted change cascades to its
+    /// deliveries, and each of those to its attempts and events, through statements of the
+    /// form `DELETE FROM ONLY child WHERE $1 = column`. Each must find its rows through an
+    /// index: the indexes leading with `deliveries.change_id` were once all partial, and every
+    /// deleted change scanned the whole table (113 ms a change at 2,000,000 deliveries).
+    /// Subscribers are left out: one is removed at a time, by hand.
+    @Test func deletingAChangeFindsWhatCascadesThroughAnIndex() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { db in
+                let keys = try await db.query(
+                    """
+                    SELECT c.conrelid::regclass::text AS child, a.attname AS column
+                    FROM pg_constraint c
+                    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+                    WHERE c.contype = 'f' AND c.confdeltype = 'c' AND cardinality(c.conkey) = 1
+                      AND c.connamespace = 'consent_sync'::regnamespace
+                      AND c.confrelid <> 'consent_sync.subscribers'::regclass
+                    ORDER BY 1, 2
+                    """
+                ).map { "\(try $0.string("child")).\(try $0.string("column"))" }
+                #expect(keys == ["consent_sync.attempts.delivery_id", "consent_sync.deliveries.change_id", "consent_sync.delivery_events.delivery_id"])
+
+                try await db.execute("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+                for (number, key) in keys.enumerated() {
+                    let child = key.split(separator: ".").dropLast().joined(separator: ".")
+                    let column = key.split(separator: ".").last.map(String.init) ?? ""
+                    try await db.execute("PREPARE cascade_\(number)(bigint) AS DELETE FROM ONLY \(child) WHERE $1 = \(column)")
+                    let plan = try await db.query("EXPLAIN (COSTS OFF) EXECUTE cascade_\(number)(1)")
+                        .map { $0[0] ?? "" }.joined(separator: "\n")
+                    #expect(!plan.contains("Seq Scan"), "\(key): \(plan)")
+                    #expect(plan.contains("Index"), "\(key): \(plan)")
+                }
+            }
+        }
+    }
 }

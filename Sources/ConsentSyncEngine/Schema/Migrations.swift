@@ -25,6 +25,7 @@ public enum Migrations {
         Migration(version: 6, name: "watched tables, minimisation, pseudonymous ids, newest-wins, snapshots, receipts, erasure", sql: v6),
         Migration(version: 7, name: "a cheaper capture trigger: the fan-out maps statuses and finds problems", sql: v7),
         Migration(version: 8, name: "capture through the WAL: logical decoding messages read from a replication slot", sql: v8),
+        Migration(version: 9, name: "deliveries by change: an index the retention's cascade can use", sql: v9),
     ]
 
     static let v1 = #"""
