@@ -205,7 +205,7 @@ public final class Relay: Service {
 
     private func janitor() async {
         var connection: PostgresConnection?
-        var backlogCountedAt = ContinuousClock.now - .seconds(86_400)
+        var backlogSchedule = BacklogSchedule(interval: configuration.backlogInterval)
         var housekeptAt = ContinuousClock.now - .seconds(86_400)
         var deadlinePairs: Set<[String]> = []
         while !Task.isCancelled {
@@ -228,13 +228,18 @@ public final class Relay: Service {
                     metrics.expired(expired)
                     doorbell.ring()
                 }
-                if ContinuousClock.now - backlogCountedAt >= configuration.backlogInterval {
-                    backlogCountedAt = .now
+                backlogSchedule.interval = configuration.backlogInterval
+                if backlogSchedule.isDue(at: .now) {
+                    let countStarted = ContinuousClock.now
                     let lines = try await DeliveryStore.backlog(on: live)
+                    let took = ContinuousClock.now - countStarted
+                    backlogSchedule.counted(startedAt: countStarted, took: took)
+                    let pending = lines.reduce(0) { $0 + $1.backlog }
+                    logger.debug("counted the backlog", metadata: ["pending": "\(pending)", "took_ms": "\(took.milliseconds)"])
                     for line in lines {
                         metrics.backlog(subscriber: line.subscriber, pending: line.backlog, oldestSeconds: line.oldestSeconds, dead: line.dead)
                     }
-                    health.update { $0.backlog = lines.reduce(0) { $0 + $1.backlog } }
+                    health.update { $0.backlog = pending }
                     metrics.captureSlot(try await CaptureStore.state(on: live))
                 }
                 if ContinuousClock.now - housekeptAt >= configuration.housekeepingInterval {
