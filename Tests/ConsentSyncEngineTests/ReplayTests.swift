@@ -23,8 +23,9 @@ private func schemaAllowsReplays() async throws -> Bool {
 /// Replays need a second delivery of one change to one subscriber, which the unique
 /// constraint on `deliveries (change_id, subscriber_id)` of schema version 1 forbids, and which
 /// fan-out's `ON CONFLICT (change_id, subscriber_id)` relies on. This suite turns itself on once
-/// the schema has no unique constraint on deliveries any more (only the partial unique index
-/// over originals, with fan-out saying `ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL`).
+/// the schema has no unique constraint on deliveries any more (only a unique index that keeps
+/// one original per pair: partial over originals from schema 3, from schema 9 one whose third
+/// key is 0 for an original and the row's own id for a replay).
 @Suite(
     .enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"),
     .enabled("needs a schema that lets one change be delivered twice to one subscriber") { try await schemaAllowsReplays() }
@@ -91,6 +92,39 @@ struct ReplayTests {
                 try await DeliveryAdmin.list(.init(subscriber: "crm"), on: connection).deliveries
             }
             #expect(listed.filter { $0.replayOf != nil }.count == 6)
+        }
+    }
+
+    /// The one unique index over a change's deliveries (schema 9): a second original of a
+    /// (change, subscriber) is refused, and the fan-out's `ON CONFLICT` names it; replays, even
+    /// two of the same original, go in.
+    @Test func oneOriginalPerChangeAndSubscriberAndAnyNumberOfReplays() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await database.withConnection { connection in
+                try await connection.execute("""
+                    INSERT INTO consent_sync.subscribers (name, url) VALUES ('crm', 'https://crm.example/hook');
+                    INSERT INTO consent_sync.changes (table_name, operation, event_type, subject, purpose, status, fanned_out)
+                    VALUES ('consent_sync.consents', 'INSERT', 'consent.granted', 's1', 'email', 'granted', true);
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, state)
+                    SELECT c.id, s.id, c.subject, 'delivered' FROM consent_sync.changes c, consent_sync.subscribers s;
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, replay_of)
+                    SELECT d.change_id, d.subscriber_id, d.subject, d.id FROM consent_sync.deliveries d, generate_series(1, 2);
+                    """)
+                var refused: PostgresError?
+                do {
+                    try await connection.execute("""
+                        INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject)
+                        SELECT change_id, subscriber_id, subject FROM consent_sync.deliveries WHERE replay_of IS NULL
+                        """)
+                } catch let error as PostgresError {
+                    refused = error
+                }
+                #expect(refused?.sqlState == "23505", "a second original: \(String(describing: refused))")
+                let kinds = try await connection.query(
+                    "SELECT (replay_of IS NULL)::text || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY replay_of IS NULL ORDER BY 1"
+                ).map { try $0.string("line") }
+                #expect(kinds == ["false 2", "true 1"])
+            }
         }
     }
 

@@ -163,7 +163,7 @@ enum DeliveryStore {
                             ORDER BY d.change_id LIMIT 1) < p.change_id
                         THEN 'infinity'::timestamptz ELSE now() END
             FROM pairs p ORDER BY p.change_id, p.subscriber_id
-            ON CONFLICT (change_id, subscriber_id) WHERE replay_of IS NULL DO NOTHING
+            ON CONFLICT (change_id, subscriber_id, (CASE WHEN replay_of IS NULL THEN 0 ELSE id END)) DO NOTHING
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries,
