@@ -54,7 +54,7 @@ struct ReceiveCommand: AsyncParsableCommand {
         let tolerance = Duration.seconds(toleranceSeconds)
 
         let router = Router()
-        router.post("**") { request, _ -> Response in
+        let handle: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, _ in
             let buffer = try await request.body.collect(upTo: 1 << 20)
             let body = Array(buffer.readableBytesView)
             let headers = request.headers
@@ -96,6 +96,11 @@ struct ReceiveCommand: AsyncParsableCommand {
                 body: .init(byteBuffer: ByteBuffer(string: #"{"applied":true}"#))
             )
         }
+        // "**" matches every path below the root but not the root itself, which a subscriber's
+        // URL such as http://127.0.0.1:9000/ names: without this it answered 404, and the
+        // relay takes a 404 as final (the delivery is dead).
+        router.post("/", use: handle)
+        router.post("**", use: handle)
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "consent-sync-receive"),

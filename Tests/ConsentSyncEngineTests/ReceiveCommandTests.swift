@@ -55,20 +55,26 @@ import Testing
         #expect(stale.status == 401)
         let garbage = try await client.send(request(WebhookMessage(id: "msg_d", timestamp: now, body: Array("not json".utf8), secrets: [secret], userAgent: "t")))
         #expect(garbage.status == 400)
+        // A subscriber URL may be the root, as in http://127.0.0.1:9000/ (it answered 404).
+        let atRoot = try await client.send(HTTPRequest(
+            url: "http://127.0.0.1:\(port)/", headers: WebhookMessage(id: "msg_e", timestamp: now, body: body, secrets: [secret], userAgent: "t").headers,
+            body: body, timeout: .seconds(5)
+        ))
+        #expect(atRoot.status == 200)
 
-        // The child's output arrives through a pipe: wait for all five lines.
+        // The child's output arrives through a pipe: wait for all six lines.
         let deadline = ContinuousClock.now + .seconds(10)
-        while receiver.stdout.split(separator: "\n").count < 5 && ContinuousClock.now < deadline {
+        while receiver.stdout.split(separator: "\n").count < 6 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
         let lines = receiver.stdout.split(separator: "\n").compactMap { line in
             try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
         }
         let accepted = lines.filter { $0["type"] != nil }
-        #expect(accepted.count == 2)
+        #expect(accepted.count == 3)
         #expect(accepted.first?["type"] == "consent.withdrawn")
         #expect(accepted.first?["subject"] == "cust-9")
-        #expect(accepted.map { $0["duplicate"] } == ["false", "true"])
+        #expect(accepted.map { $0["duplicate"] } == ["false", "true", "false"])
         #expect(lines.filter { $0["rejected"] != nil }.count == 3)
         #expect(!receiver.stdout.contains(secret.encoded))
     }
