@@ -148,6 +148,25 @@ final class LibPQConnection: @unchecked Sendable {
     /// before the next one's snapshot, as with `BEGIN … COMMIT`.
     /// - Returns: one result per statement, in order, groups flattened.
     func executePipeline(_ groups: [[PostgresStatement]], prepare: Bool) -> [Result<PostgresRows, PostgresError>] {
+        let results = self.runPipeline(groups, prepare: prepare)
+        guard let conn = self.conn, PQpipelineStatus(conn) != PQ_PIPELINE_OFF else { return results }
+        // Still in pipeline mode: results were left unread. Seen once in the database-fault
+        // scenario (PostgreSQL restarted in the middle of a round): libpq still called the
+        // connection good, the relay kept it, and every later statement failed with
+        // "synchronous command execution functions are not allowed in pipeline mode". Close it
+        // (reading on could block on a half-sent round) and say the connection was lost, so that
+        // the caller connects anew.
+        // Statements that succeeded did run; the next use of the closed connection fails as a
+        // lost connection.
+        self.finish()
+        return results.map { result in
+            guard case .failure(var error) = result else { return result }
+            error.isConnectionError = true
+            return .failure(error)
+        }
+    }
+
+    private func runPipeline(_ groups: [[PostgresStatement]], prepare: Bool) -> [Result<PostgresRows, PostgresError>] {
         let statements = groups.flatMap { $0 }
         func failAll(_ error: PostgresError) -> [Result<PostgresRows, PostgresError>] {
             statements.map { _ in .failure(error) }
@@ -166,7 +185,7 @@ final class LibPQConnection: @unchecked Sendable {
         guard PQenterPipelineMode(conn) == 1 else {
             return failAll(PostgresError(code: .queryFailed, message: trimmedMessage(PQerrorMessage(conn)), isConnectionError: PQstatus(conn) == CONNECTION_BAD))
         }
-        defer { _ = PQexitPipelineMode(conn) }
+        defer { _ = PQexitPipelineMode(conn) }  // checked by executePipeline
 
         // Send everything; libpq copies the parameters into its output buffer at once. Each
         // statement is prepared on first use (parsed and planned once per connection, not per
@@ -337,6 +356,10 @@ final class LibPQConnection: @unchecked Sendable {
 
     static func error(from result: OpaquePointer, conn: OpaquePointer, sql: String?) -> PostgresError {
         let primary = field(result, "M") ?? trimmedMessage(PQresultErrorMessage(result))
+        // FATAL and PANIC end the session (a terminated backend, a server shutting down), and
+        // class 08 is a connection exception, before libpq may have seen the socket close.
+        let severity = field(result, "V")
+        let sessionEnded = severity == "FATAL" || severity == "PANIC" || field(result, "C")?.hasPrefix("08") == true
         return PostgresError(
             code: .queryFailed,
             message: primary.isEmpty ? trimmedMessage(PQerrorMessage(conn)) : primary,
@@ -344,7 +367,7 @@ final class LibPQConnection: @unchecked Sendable {
             detail: field(result, "D"),
             hint: field(result, "H"),
             query: sql,
-            isConnectionError: PQstatus(conn) == CONNECTION_BAD
+            isConnectionError: sessionEnded || PQstatus(conn) == CONNECTION_BAD
         )
     }
 

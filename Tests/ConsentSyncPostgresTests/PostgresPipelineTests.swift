@@ -52,6 +52,36 @@ struct PostgresPipelineTests {
         }
     }
 
+    /// The server ends the session in the middle of a round (here the backend terminates
+    /// itself; in the database-fault scenario PostgreSQL was restarted): the connection must
+    /// come out of the round as lost, whatever state libpq leaves it in, so the caller
+    /// connects anew. Once, the relay kept such a connection and every later statement failed
+    /// with "synchronous command execution functions are not allowed in pipeline mode".
+    @Test(arguments: [false, true])
+    func aSessionEndedInTheMiddleOfARoundIsALostConnection(prepared: Bool) async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            try await database.withOpenConnection { connection in
+                let results = try await connection.pipeline([
+                    [PostgresStatement("SELECT 1 AS one")],
+                    [PostgresStatement("SELECT pg_terminate_backend(pg_backend_pid())")],
+                    [PostgresStatement("SELECT 2 AS two")],
+                ], prepared: prepared)
+                #expect(results.count == 3)
+                let failures = results.compactMap(\.failureValue)
+                #expect(!failures.isEmpty)
+                let lost = failures.filter(\.isConnectionError).count
+                #expect(lost == failures.count, "\(failures)")
+                var next: PostgresError?
+                do {
+                    try await connection.query("SELECT 3")
+                } catch let error as PostgresError {
+                    next = error
+                }
+                #expect(next?.isConnectionError == true, "\(String(describing: next))")
+            }
+        }
+    }
+
     @Test func preparedStatementsAreReusedAndSeeNewParameters() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
             try await database.withOpenConnection { connection in
