@@ -155,9 +155,8 @@ final class LibPQConnection: @unchecked Sendable {
         // connection good, the relay kept it, and every later statement failed with
         // "synchronous command execution functions are not allowed in pipeline mode". Close it
         // (reading on could block on a half-sent round) and say the connection was lost, so that
-        // the caller connects anew.
-        // Statements that succeeded did run; the next use of the closed connection fails as a
-        // lost connection.
+        // the caller connects anew. Statements that succeeded did run; the next use of the
+        // closed connection fails as a lost connection.
         self.finish()
         return results.map { result in
             guard case .failure(var error) = result else { return result }
