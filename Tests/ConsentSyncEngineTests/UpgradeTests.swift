@@ -74,4 +74,55 @@ struct UpgradeTests {
             #expect(left == 0)
         }
     }
+
+    /// A daemon left running while `consent-sync migrate` of a newer version changes the
+    /// schema under it: its statements fail, and it says why (not only the statement's error),
+    /// stops calling itself ready, and goes on once the schema matches it again. Nothing waiting
+    /// is lost meanwhile.
+    @Test func aDaemonLeftRunningAfterANewerMigrateSaysSoAndResumesWhenItMatches() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            let writer = ConsentWriter(database: database)
+            try await RelayFixture.withRelay(on: database) { running in
+                try await writer.set("before", "email", .granted)
+                try await receiver.waitForRequests(count: 1)
+
+                // What a next version's migration could do: another version row, and the index
+                // this binary's fan-out names in ON CONFLICT replaced (42P10 for it).
+                let future = Migrations.latestVersion + 1
+                try await database.withConnection { connection in
+                    try await connection.execute(
+                        """
+                        INSERT INTO consent_sync.schema_migrations (version, name) VALUES (\(future), 'from a newer consent-sync');
+                        DROP INDEX consent_sync.deliveries_by_change;
+                        """
+                    )
+                }
+                try await writer.set("during", "email", .denied)
+                let expected = SchemaError.newerThanBinary(database: future, binary: Migrations.latestVersion).description
+                try await waitUntil("the relay reports the newer schema", timeout: .seconds(30)) {
+                    running.relay.health.snapshot.lastError == expected
+                }
+                let snapshot = running.relay.health.snapshot
+                #expect(!snapshot.databaseReady)
+                #expect(receiver.requests.count == 1)
+
+                try await database.withConnection { connection in
+                    try await connection.execute(
+                        """
+                        DELETE FROM consent_sync.schema_migrations WHERE version = \(future);
+                        CREATE UNIQUE INDEX deliveries_by_change ON consent_sync.deliveries
+                            (change_id, subscriber_id, (CASE WHEN replay_of IS NULL THEN 0 ELSE id END));
+                        """
+                    )
+                }
+                let requests = try await receiver.waitForRequests(count: 2, timeout: .seconds(60))
+                let subjects = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any])["subject"] as? String }
+                #expect(subjects == ["before", "during"])
+                try await waitUntil("the relay is ready again") { running.relay.health.snapshot.databaseReady }
+            }
+        }
+    }
 }

@@ -399,9 +399,18 @@ public final class Relay: Service {
                     if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
                     failures += 1
                     let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
+                    var error = error
+                    var lostConnection = (error as? PostgresError)?.isConnectionError ?? true
+                    if !lostConnection, let connection, let mismatch = await Self.schemaMismatch(on: connection) {
+                        // `consent-sync migrate` of a newer version ran while this daemon kept
+                        // going: say so rather than the statement's own error, and connect anew,
+                        // where the same check holds every further try until the binary matches.
+                        logger.error("the database schema changed under this daemon; restart it with the matching consent-sync", metadata: ["statement_error": "\(error)"])
+                        error = mismatch
+                        lostConnection = true
+                    }
                     logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
                     metrics.databaseError()
-                    let lostConnection = (error as? PostgresError)?.isConnectionError ?? true
                     health.update {
                         $0.lastError = "\(error)"
                         $0.lastLoopTurn = .now
@@ -645,6 +654,19 @@ public final class Relay: Service {
             outcomes[record.subscriberID] = (outcomes[record.subscriberID] ?? false) || record.verdict == .delivered
         }
         return outcomes
+    }
+
+    /// After a statement failed on a connection that still works: whether the schema is no
+    /// longer the one this binary was built for (nil when it is, or when that cannot be read).
+    static func schemaMismatch(on db: PostgresConnection) async -> SchemaError? {
+        do {
+            try await Migrator.requireCurrent(db)
+            return nil
+        } catch let error as SchemaError {
+            return error
+        } catch {
+            return nil
+        }
     }
 
     /// Disables the subscribers failing for too long (`failing`, from failure tracking) and
