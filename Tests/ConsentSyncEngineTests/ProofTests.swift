@@ -162,6 +162,10 @@ struct ProofTests {
             try await writer.set(subject, "ads", .denied)
             try await writer.set("frank", "email", .granted)
             try await crm.waitForRequests(count: 3)
+            // Replays of what crm got carry the subject id in rows of their own: erased too.
+            let replayed = try await DaemonProcess.run(["replay", "--subscriber", "crm", "--since", "1h"], environment: environment)
+            #expect(replayed.status == 0, "\(replayed.stderr)")
+            try await crm.waitForRequests(count: 6)
 
             let forgotten = try await DaemonProcess.run(["forget", subject, "--wait", "30"], environment: environment)
             #expect(forgotten.status == 0, "\(forgotten.stderr)")
@@ -196,7 +200,7 @@ struct ProofTests {
             // The receipt stays, found by the id.
             let trace = try await DaemonProcess.run(["trace", subject], environment: environment)
             #expect(trace.stdout.contains("subject.erased") && trace.stdout.contains("[personal data erased]"), "\(trace.stdout)")
-            #expect(trace.stdout.components(separatedBy: "delivered 20").count - 1 == 8, "5 changes to their recipients, all delivered: \(trace.stdout)")
+            #expect(trace.stdout.components(separatedBy: "delivered 20").count - 1 == 10, "5 changes to their recipients and 2 replays, all delivered: \(trace.stdout)")
             let other = try await DaemonProcess.run(["trace", "frank"], environment: environment)
             #expect(other.stdout.contains("consent.granted") && !other.stdout.contains("erased"), "\(other.stdout)")
 
@@ -221,6 +225,9 @@ struct ProofTests {
                     FROM consent_sync.changes c, consent_sync.subscribers s;
                     INSERT INTO consent_sync.attempts (delivery_id, attempt, started_at, status, response_excerpt)
                     SELECT id, 1, now(), 200, '{"applied": true}' FROM consent_sync.deliveries;
+                    -- Replays still owed (their originals delivered long ago) keep their change too.
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, state, next_attempt_at, replay_of)
+                    SELECT change_id, subscriber_id, subject, 'pending', now(), id FROM consent_sync.deliveries WHERE subject IN ('s3', 's6');
                     """)
             }
             // Two daemons' passes at once, as when several run: one at a time does the work.
@@ -241,10 +248,11 @@ struct ProofTests {
                     """
                 ).map { "\(try $0.string("subject")):\(try $0.bool("has_payload") ? "payload" : "pruned"):\(try $0.int("answers"))" }
             }
-            // s1, s3: past receipt age and finished: deleted. s2: still owed (pending): kept whole.
-            // s4, s6: past payload age and finished: pruned. s5 still owed, s7 and s8 young: kept.
-            #expect(rows == ["s2:payload:1", "s4:pruned:0", "s5:payload:1", "s6:pruned:0", "s7:payload:1", "s8:payload:1"], "\(rows)")
-            #expect(passes.map(\.deleted).reduce(0, +) == 2, "\(passes)")
+            // s1: past receipt age and finished: deleted. s2: still owed (pending), s3: a replay
+            // still owed: kept whole. s4: past payload age and finished: pruned. s5 still owed,
+            // s6 a replay still owed, s7 and s8 young: kept.
+            #expect(rows == ["s2:payload:1", "s3:payload:1", "s4:pruned:0", "s5:payload:1", "s6:payload:1", "s7:payload:1", "s8:payload:1"], "\(rows)")
+            #expect(passes.map(\.deleted).reduce(0, +) == 1, "\(passes)")
         }
     }
 }

@@ -124,6 +124,10 @@ struct ReplayTests {
                     "SELECT (replay_of IS NULL)::text || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY replay_of IS NULL ORDER BY 1"
                 ).map { try $0.string("line") }
                 #expect(kinds == ["false 2", "true 1"])
+                // The trace finds the original and its replays through the one index by change.
+                let trace = try await SubjectTrace.load(subject: "s1", on: connection)
+                let recipients = trace.changes.flatMap(\.recipients).map { "\($0.subscriber) \($0.replay ? "replay" : "original")" }
+                #expect(recipients == ["crm original", "crm replay", "crm replay"])
             }
         }
     }

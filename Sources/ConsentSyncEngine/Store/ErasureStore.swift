@@ -91,10 +91,7 @@ public enum ErasureStore {
                     WITH erased AS (SELECT id FROM consent_sync.changes WHERE subject = $1 AND id <= $2::bigint)
                     UPDATE consent_sync.attempts a SET response_excerpt = NULL, applied_reason = NULL
                     WHERE (a.response_excerpt IS NOT NULL OR a.applied_reason IS NOT NULL)
-                      AND a.delivery_id IN (
-                          SELECT d.id FROM consent_sync.deliveries d WHERE d.change_id IN (SELECT id FROM erased) AND d.replay_of IS NULL
-                          UNION ALL
-                          SELECT d.id FROM consent_sync.deliveries d WHERE d.change_id IN (SELECT id FROM erased) AND d.replay_of IS NOT NULL)
+                      AND a.delivery_id IN (SELECT d.id FROM consent_sync.deliveries d WHERE d.change_id = ANY (ARRAY(SELECT id FROM erased)))
                     """,
                     [parameters[0], parameters[2]]
                 )
@@ -102,10 +99,7 @@ public enum ErasureStore {
                     """
                     WITH erased AS (SELECT id FROM consent_sync.changes WHERE subject = $1 AND id <= $3::bigint)
                     UPDATE consent_sync.deliveries d SET subject = $2, applied_reason = NULL
-                    WHERE d.id IN (
-                        SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM erased) AND x.replay_of IS NULL
-                        UNION ALL
-                        SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM erased) AND x.replay_of IS NOT NULL)
+                    WHERE d.change_id = ANY (ARRAY(SELECT id FROM erased))
                     """,
                     parameters
                 )

@@ -28,10 +28,8 @@ public enum RetentionStore {
                     ), scan AS (
                         SELECT c.id,
                                c.changed_at < now() - make_interval(secs => $1::double precision) AND c.fanned_out
-                               AND NOT EXISTS (SELECT 1 FROM consent_sync.deliveries d  -- originals, then replays
-                                               WHERE d.change_id = c.id AND d.replay_of IS NULL AND d.state IN ('pending', 'in_flight'))
                                AND NOT EXISTS (SELECT 1 FROM consent_sync.deliveries d
-                                               WHERE d.change_id = c.id AND d.replay_of IS NOT NULL AND d.state IN ('pending', 'in_flight')) AS due
+                                               WHERE d.change_id = c.id AND d.state IN ('pending', 'in_flight')) AS due
                         FROM consent_sync.changes c, mark WHERE c.id > mark.id AND c.pruned_at IS NULL ORDER BY c.id LIMIT $2::integer
                     ), stop AS (
                         -- The mark moves up to the first change not yet due (still owed, or young);
@@ -45,9 +43,7 @@ public enum RetentionStore {
                         UPDATE consent_sync.attempts a SET response_excerpt = NULL
                         FROM consent_sync.deliveries d
                         WHERE a.delivery_id = d.id AND a.response_excerpt IS NOT NULL
-                          AND d.id IN (SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM pruned) AND x.replay_of IS NULL
-                                       UNION ALL
-                                       SELECT x.id FROM consent_sync.deliveries x WHERE x.change_id IN (SELECT id FROM pruned) AND x.replay_of IS NOT NULL)
+                          AND d.change_id = ANY (ARRAY(SELECT id FROM pruned))
                     ), moved AS (
                         INSERT INTO consent_sync.meta (key, value) SELECT 'pruned_through', upto::text FROM stop
                         ON CONFLICT (key) DO UPDATE SET value = excluded.value
@@ -68,9 +64,7 @@ public enum RetentionStore {
                         SELECT c.id FROM head c
                         WHERE c.changed_at < now() - make_interval(secs => $1::double precision) AND c.fanned_out
                           AND NOT EXISTS (SELECT 1 FROM consent_sync.deliveries d
-                                          WHERE d.change_id = c.id AND d.replay_of IS NULL AND d.state IN ('pending', 'in_flight'))
-                          AND NOT EXISTS (SELECT 1 FROM consent_sync.deliveries d
-                                          WHERE d.change_id = c.id AND d.replay_of IS NOT NULL AND d.state IN ('pending', 'in_flight'))
+                                          WHERE d.change_id = c.id AND d.state IN ('pending', 'in_flight'))
                     ), gone AS (
                         DELETE FROM consent_sync.changes c USING old WHERE c.id = old.id RETURNING c.id
                     ), erasures AS (

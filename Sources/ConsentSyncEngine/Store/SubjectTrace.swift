@@ -72,10 +72,8 @@ public struct SubjectTrace: Sendable, Codable, Equatable {
                 FROM consent_sync.captured
             ) c
             LEFT JOIN LATERAL (
-                -- Originals and replays, each through its own (partial) index.
-                SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id AND x.replay_of IS NULL
-                UNION ALL
-                SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id AND x.replay_of IS NOT NULL
+                -- Originals and replays, through deliveries_by_change.
+                SELECT * FROM consent_sync.deliveries x WHERE x.change_id = c.id
             ) d ON true
             LEFT JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
             WHERE c.subject = ANY ($1::text[])
