@@ -87,13 +87,13 @@ public final class Relay: Service {
     private func watch() async {
         let listener = PostgresListener(
             configuration: database.with("application_name", "consent-sync listener"),
-            channels: ["consent_sync"],
+            channels: [RelayWakeup.channel],
             logger: logger
         )
         for await event in listener.events() {
             switch event {
             case .notification(_, let payload):
-                if payload == "subscribers" { subscribersStale.store(true, ordering: .relaxed) }
+                if payload == RelayWakeup.subscribers.rawValue { subscribersStale.store(true, ordering: .relaxed) }
                 doorbell.ring()
             case .listening(let reconnected):
                 if reconnected {

@@ -226,7 +226,7 @@ public enum DeliveryAdmin {
             }
         }
         if !result.requeued.isEmpty {
-            try await connection.query("SELECT pg_notify('consent_sync', 'deliveries')")
+            try await RelayWakeup.deliveries.send(on: connection)
         }
         return result
     }
@@ -345,7 +345,7 @@ public enum DeliveryAdmin {
             if try row.int("taken") < max(1, batchSize) { break }
         }
         if !result.created.isEmpty {
-            try await connection.query("SELECT pg_notify('consent_sync', 'deliveries')")
+            try await RelayWakeup.deliveries.send(on: connection)
         }
         return result
     }

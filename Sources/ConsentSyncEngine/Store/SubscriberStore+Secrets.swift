@@ -79,7 +79,7 @@ extension SubscriberStore {
             )
             try await connection.query("UPDATE consent_sync.subscribers SET updated_at = now() WHERE id = $1::bigint", [String(id)])
             // Wakes running relays, which then re-read the subscribers.
-            try await connection.query("SELECT pg_notify('consent_sync', 'subscribers')")
+            try await RelayWakeup.subscribers.send(on: connection)
             let stillActive = try expiring.filter { try $0.bool("active") }
             let latest = try stillActive.map { try $0.double("expires_at") }.max()
             return SecretRotation(
@@ -160,7 +160,7 @@ extension SubscriberStore {
                 result.reencrypted += 1
             }
             if result.reencrypted > 0 {
-                try await connection.query("SELECT pg_notify('consent_sync', 'subscribers')")
+                try await RelayWakeup.subscribers.send(on: connection)
             }
             return result
         }

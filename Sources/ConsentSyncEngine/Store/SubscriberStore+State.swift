@@ -199,7 +199,7 @@ extension SubscriberStore {
             [String(id), change.to.rawValue, action.rawValue, reason, current.rawValue, actor]
         )
         // Wakes running relays; they pick the new state up when they next read the subscribers.
-        try await connection.query("SELECT pg_notify('consent_sync', 'subscribers')")
+        try await RelayWakeup.subscribers.send(on: connection)
         return change
     }
 }
