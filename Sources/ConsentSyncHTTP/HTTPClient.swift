@@ -67,6 +67,24 @@ public final class HTTPClient: Sendable {
     /// `validating: false` skips the Swift-side checks so tests can prove that
     /// libcurl's own options (allowed protocols, say) hold on their own.
     func send(_ request: HTTPRequest, validating: Bool) async throws -> HTTPResponse {
+        let pending = try self.pending(for: request, validating: validating)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                self.start(pending) { result in continuation.resume(with: result.mapError { $0 }) }
+            }
+        } onCancel: {
+            self.cancel(pending)
+        }
+    }
+
+    /// Checks `request` as ``send(_:)`` would and returns a handle that starts it without a
+    /// task of its own (``HTTPRequestHandle/start(completion:)``). For callers that send many
+    /// requests at once and would otherwise spend a task, and two thread hand-overs, on each.
+    public func prepare(_ request: HTTPRequest) throws(HTTPClientError) -> HTTPRequestHandle {
+        HTTPRequestHandle(client: self, pending: try self.pending(for: request, validating: true))
+    }
+
+    private func pending(for request: HTTPRequest, validating: Bool) throws(HTTPClientError) -> PendingRequest {
         let policy = self.addressPolicy
         if validating {
             try request.validate(self.settings)
@@ -77,21 +95,22 @@ public final class HTTPClient: Sendable {
                 }
             }
         }
-        let pending = PendingRequest(
+        return PendingRequest(
             id: self.nextRequestID.add(1, ordering: .relaxed).newValue,
             request: request,
             addressPolicy: policy
         )
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                if pending.install(continuation) {
-                    self.loop.submit(pending)
-                }
-            }
-        } onCancel: {
-            if pending.cancel() {
-                self.loop.cancel(pending.id)
-            }
+    }
+
+    fileprivate func start(_ pending: PendingRequest, completion: @escaping HTTPCompletion) {
+        if pending.install(completion) {
+            self.loop.submit(pending)
+        }
+    }
+
+    fileprivate func cancel(_ pending: PendingRequest) {
+        if pending.cancel() {
+            self.loop.cancel(pending.id)
         }
     }
 
@@ -100,5 +119,25 @@ public final class HTTPClient: Sendable {
     /// ``send(_:)`` fail with `.shutdown`.
     public func shutdown() {
         self.loop.shutdown()
+    }
+}
+
+/// A request checked by ``HTTPClient/prepare(_:)``, to be started once and perhaps cancelled.
+public struct HTTPRequestHandle: Sendable {
+    fileprivate let client: HTTPClient
+    fileprivate let pending: PendingRequest
+
+    /// Sends the request. `completion` receives the response (whatever its status) or the
+    /// error exactly once: on the client's loop thread, or on the thread that cancels it. Keep
+    /// it short: it holds up every other transfer of the client while it runs.
+    public func start(completion: @escaping HTTPCompletion) {
+        client.start(pending, completion: completion)
+    }
+
+    /// Ends the request with ``HTTPClientError/Code/cancelled`` unless its outcome was already
+    /// delivered (the completion then runs here, before this returns); before ``start(completion:)``,
+    /// it makes the start deliver that error at once.
+    public func cancel() {
+        client.cancel(pending)
     }
 }

@@ -1,7 +1,11 @@
 import Synchronization
 
-/// One call to ``HTTPClient/send(_:)``: the request and the continuation that
-/// receives its outcome exactly once, whichever of completion, cancellation
+/// What receives a request's outcome: called exactly once, on whichever thread completes,
+/// cancels or shuts the request down (the client's loop thread, usually).
+public typealias HTTPCompletion = @Sendable (Result<HTTPResponse, HTTPClientError>) -> Void
+
+/// One call to ``HTTPClient/send(_:)`` or ``HTTPClient/start(_:completion:)``: the request and
+/// the handler that receives its outcome exactly once, whichever of completion, cancellation
 /// and shutdown comes first (postgres-nio's `ConnectionRequest` pattern).
 final class PendingRequest: Sendable {
     let id: UInt64
@@ -11,11 +15,11 @@ final class PendingRequest: Sendable {
     private let state = Mutex(State.initial)
 
     private enum State {
-        /// Created; the continuation is not installed yet.
+        /// Created; the handler is not installed yet.
         case initial
-        /// Cancelled before the continuation was installed.
+        /// Cancelled before the handler was installed.
         case cancelledEarly
-        case waiting(CheckedContinuation<HTTPResponse, any Error>)
+        case waiting(HTTPCompletion)
         case finished
     }
 
@@ -25,54 +29,54 @@ final class PendingRequest: Sendable {
         self.addressPolicy = addressPolicy
     }
 
-    /// Installs the continuation. Returns false, having already failed it,
-    /// when the task was cancelled first.
-    func install(_ continuation: CheckedContinuation<HTTPResponse, any Error>) -> Bool {
+    /// Installs the handler. Returns false, having already called it with
+    /// ``HTTPClientError/Code/cancelled``, when the request was cancelled first.
+    func install(_ completion: @escaping HTTPCompletion) -> Bool {
         let installed = self.state.withLock { state -> Bool in
             switch state {
             case .initial:
-                state = .waiting(continuation)
+                state = .waiting(completion)
                 return true
             case .cancelledEarly, .finished:
                 state = .finished
                 return false
             case .waiting:
-                preconditionFailure("continuation installed twice for request \(self.id)")
+                preconditionFailure("completion installed twice for request \(self.id)")
             }
         }
         if !installed {
-            continuation.resume(throwing: HTTPClientError.cancelledByTask)
+            completion(.failure(.cancelledByTask))
         }
         return installed
     }
 
     /// Delivers the outcome if nothing else did first.
     func complete(_ result: Result<HTTPResponse, HTTPClientError>) {
-        let continuation = self.state.withLock { state -> CheckedContinuation<HTTPResponse, any Error>? in
-            guard case .waiting(let continuation) = state else { return nil }
+        let completion = self.state.withLock { state -> HTTPCompletion? in
+            guard case .waiting(let completion) = state else { return nil }
             state = .finished
-            return continuation
+            return completion
         }
-        continuation?.resume(with: result.mapError { $0 })
+        completion?(result)
     }
 
     /// Fails the request with ``HTTPClientError/Code/cancelled``. Returns
     /// true when it was waiting, so a transfer may exist to be removed.
     func cancel() -> Bool {
-        let continuation = self.state.withLock { state -> CheckedContinuation<HTTPResponse, any Error>? in
+        let completion = self.state.withLock { state -> HTTPCompletion? in
             switch state {
             case .initial:
                 state = .cancelledEarly
                 return nil
-            case .waiting(let continuation):
+            case .waiting(let completion):
                 state = .finished
-                return continuation
+                return completion
             case .cancelledEarly, .finished:
                 return nil
             }
         }
-        continuation?.resume(throwing: HTTPClientError.cancelledByTask)
-        return continuation != nil
+        completion?(.failure(.cancelledByTask))
+        return completion != nil
     }
 
     /// False once the outcome was delivered, so the loop can skip the transfer.

@@ -1,6 +1,7 @@
 import ConsentSyncTestKit
 import Foundation
 import Logging
+import Synchronization
 import Testing
 
 @testable import ConsentSyncHTTP
@@ -231,6 +232,46 @@ struct HTTPClientTests {
         }
     }
 
+    @Test("a started request answers its completion once; cancelling it through its handle ends a hanging one")
+    func handles() async throws {
+        try await withReceiver(responder: { request in request.headers["x-hang"] != nil ? .hang : .status(204) }) { receiver in
+            try await withClient { client in
+                let answered = Outcomes()
+                let done = try client.prepare(HTTPRequest(url: receiver.url, timeout: .seconds(30)))
+                done.start { answered.add("done", $0) }
+                let hanging = try client.prepare(
+                    HTTPRequest(url: receiver.url, headers: [HTTPHeader(name: "X-Hang", value: "1")], timeout: .seconds(30))
+                )
+                hanging.start { answered.add("hanging", $0) }
+                let notStarted = try client.prepare(HTTPRequest(url: receiver.url, timeout: .seconds(30)))
+                notStarted.cancel()
+                notStarted.start { answered.add("cancelled before its start", $0) }
+
+                try await receiver.waitForRequests(count: 2)
+                try await answered.wait(until: { $0.contains("done 204") })
+                hanging.cancel()
+                hanging.cancel()
+                done.cancel()
+                try await answered.wait(until: { $0.count == 3 })
+                try await Task.sleep(for: .milliseconds(100))
+                #expect(answered.lines.sorted() == ["cancelled before its start cancelled", "done 204", "hanging cancelled"])
+                #expect(receiver.requests.count == 2, "the request cancelled before its start was never sent")
+                let again = try await client.send(HTTPRequest(url: receiver.url))
+                #expect(again.status == 204)
+            }
+        }
+    }
+
+    @Test("prepare refuses a request that would be refused by send, before anything is sent")
+    func prepareChecks() async throws {
+        try await withReceiver { receiver in
+            try await withClient { client in
+                #expect(throws: HTTPClientError.self) { try client.prepare(HTTPRequest(url: "ftp://127.0.0.1/")) }
+                #expect(receiver.requests.isEmpty)
+            }
+        }
+    }
+
     @Test("200 concurrent requests all succeed within the per-host connection limit")
     func concurrentRequests() async throws {
         try await withReceiver { receiver in
@@ -323,3 +364,27 @@ extension HTTPRequest: CustomTestStringConvertible {
     public var testDescription: String { "\(self.method) \(self.url) \(self.headers.map(\.name))" }
 }
 
+
+/// What a test's completions received, one line each ("label status" or "label error-code").
+private final class Outcomes: Sendable {
+    private let state = Mutex<[String]>([])
+
+    func add(_ label: String, _ result: Result<HTTPResponse, HTTPClientError>) {
+        let line = switch result {
+        case .success(let response): "\(label) \(response.status)"
+        case .failure(let error): "\(label) \(error.code)"
+        }
+        state.withLock { $0.append(line) }
+    }
+
+    var lines: [String] { state.withLock { $0 } }
+
+    /// Polls until `condition` holds for the lines; throws after 30 s (a guard against a hang).
+    func wait(until condition: ([String]) -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !condition(lines) {
+            guard ContinuousClock.now < deadline else { throw CancellationError() }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}

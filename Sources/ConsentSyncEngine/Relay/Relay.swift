@@ -30,6 +30,8 @@ public final class Relay: Service {
     private let finished = Mutex<[AttemptRecord]>([])
     /// Deliveries this instance is sending now, with their lease length: the janitor renews them.
     private let leased = Mutex<[Int64: Duration]>([:])
+    /// The requests of those deliveries not answered yet: what a drain out of time cancels.
+    private let outstanding = Mutex<[Int64: HTTPRequestHandle]>([:])
     private let stopping = Atomic<Bool>(false)
     /// Daemons seen recently in `consent_sync.listeners` (this one included).
     private let liveInstances = Atomic<Int>(1)
@@ -300,137 +302,142 @@ public final class Relay: Service {
         /// This instance told the database it is idle (so the trigger NOTIFYs it).
         var armed = false
 
-        await withDiscardingTaskGroup { requests in
-            while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
-                do {
-                    configuration = self.configuration
-                    state.maxInFlight = configuration.maxInFlight
-                    state.instances = liveInstances.load(ordering: .relaxed)
-                    let db: PostgresConnection
-                    if let connection { db = connection } else {
-                        db = try await PostgresConnection.connect(database, logger: logger)
-                        try await DeliveryStore.prepareSession(db)
-                        try await Migrator.requireCurrent(db)
-                        installationID = try await DeliveryStore.installationID(on: db)
-                        // Registered even when polling only: rate limits are shared among the daemons here.
-                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
-                        armed = false
-                        connection = db
-                        health.update {
-                            $0.databaseReady = true
-                            $0.schemaVersion = Migrations.latestVersion
-                        }
-                        logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
-                    }
-
-                    if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
-                        subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
-                        subscribersLoadedAt = .now
-                    }
-
-                    // One round trip: write back what finished, fan out one batch, claim. One
-                    // batch per round, then claim: draining the whole outbox first let a steady
-                    // stream of writes starve delivery (found by the benchmark). A full batch
-                    // counts as work, so the next round comes at once.
-                    let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
-                    let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
-                    let fannedOutTotal = round.fannedOut
-                    let claimed = round.claimed
-                    metrics.fannedOut(fannedOutTotal)
-                    var bodies: [Int64: [UInt8]] = [:]
-                    let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
-                    for delivery in claimed {
-                        guard let subscriber = subscribers[delivery.subscriberID] else {
-                            // Added since the last refresh: fetch it next round; give the claim back now.
-                            try await DeliveryStore.releaseLeases(owner: instanceID, ids: [delivery.id], on: db)
-                            subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
-                            continue
-                        }
-                        let body: [UInt8]
-                        if subscriber.needsOwnBody {
-                            // Fewer attributes or a pseudonymous subject id: its own bytes.
-                            body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
-                        } else {
-                            body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
-                            bodies[delivery.change.id] = body
-                        }
-                        state.started(delivery)
-                        leased.withLock { $0[delivery.id] = lease }
-                        let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
-                        let webhookID = webhookIDPrefix + String(delivery.id)
-                        let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
-                        // The attempt starts now, as it takes its slot and rate-limit token;
-                        // the task below may start a moment later on a busy machine.
-                        let startedAt = Date()
-                        requests.addTask {
-                            let record = await self.send(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: startedAt)
-                            self.finished.withLock { $0.append(record) }
-                            self.doorbell.ring()
-                        }
-                    }
-                    failures = 0
-                    let inFlight = state.inFlightTotal
-                    let known = subscribers.count
+        while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
+            do {
+                configuration = self.configuration
+                state.maxInFlight = configuration.maxInFlight
+                state.instances = liveInstances.load(ordering: .relaxed)
+                let db: PostgresConnection
+                if let connection { db = connection } else {
+                    db = try await PostgresConnection.connect(database, logger: logger)
+                    try await DeliveryStore.prepareSession(db)
+                    try await Migrator.requireCurrent(db)
+                    installationID = try await DeliveryStore.installationID(on: db)
+                    // Registered even when polling only: rate limits are shared among the daemons here.
+                    try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                    armed = false
+                    connection = db
                     health.update {
-                        $0.lastLoopTurn = .now
-                        $0.lastError = nil
-                        $0.inFlight = inFlight
-                        $0.subscribers = known
+                        $0.databaseReady = true
+                        $0.schemaVersion = Migrations.latestVersion
                     }
-                    let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
-                    if configuration.listen && armed && !idle {
-                        // Busy again: writers need not NOTIFY while this instance keeps looking.
-                        try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
-                        armed = false
-                    }
-                    if idle && configuration.listen && !armed {
-                        // Arm, then look once more before sleeping: a change committed before the
-                        // flag was visible did not NOTIFY, but this round finds it. (One whose
-                        // trigger ran before the flag and that commits after this round is left
-                        // to the poll interval.)
-                        try await DeliveryStore.setIdle(true, instance: instanceID, on: db)
-                        armed = true
+                    logger.info("relay connected", metadata: ["backend_pid": "\(db.backendPID)"])
+                }
+
+                if subscribersStale.exchange(false, ordering: .relaxed) || ContinuousClock.now - subscribersLoadedAt > configuration.pollInterval {
+                    subscribers = try await SubscriberStore.all(on: db, keyring: keyring, keeping: subscribers, logger: logger)
+                    subscribersLoadedAt = .now
+                }
+
+                // One round trip: write back what finished, fan out one batch, claim. One
+                // batch per round, then claim: draining the whole outbox first let a steady
+                // stream of writes starve delivery (found by the benchmark). A full batch
+                // counts as work, so the next round comes at once.
+                let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
+                let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
+                let fannedOutTotal = round.fannedOut
+                let claimed = round.claimed
+                metrics.fannedOut(fannedOutTotal)
+                var bodies: [Int64: [UInt8]] = [:]
+                let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
+                for delivery in claimed {
+                    guard let subscriber = subscribers[delivery.subscriberID] else {
+                        // Added since the last refresh: fetch it next round; give the claim back now.
+                        try await DeliveryStore.releaseLeases(owner: instanceID, ids: [delivery.id], on: db)
+                        subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
                         continue
                     }
-                    if idle {
-                        await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
+                    let body: [UInt8]
+                    if subscriber.needsOwnBody {
+                        // Fewer attributes or a pseudonymous subject id: its own bytes.
+                        body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
+                    } else {
+                        body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
+                        bodies[delivery.change.id] = body
                     }
-                } catch {
-                    if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
-                    failures += 1
-                    let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
-                    var error = error
-                    var lostConnection = (error as? PostgresError)?.isConnectionError ?? true
-                    if !lostConnection, let connection, let mismatch = await Self.schemaMismatch(on: connection) {
-                        // `consent-sync migrate` of a newer version ran while this daemon kept
-                        // going: say so rather than the statement's own error, and connect anew,
-                        // where the same check holds every further try until the binary matches.
-                        logger.error("the database schema changed under this daemon; restart it with the matching consent-sync", metadata: ["statement_error": "\(error)"])
-                        error = mismatch
-                        lostConnection = true
-                    }
-                    logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
-                    metrics.databaseError()
-                    health.update {
-                        $0.lastError = "\(error)"
-                        $0.lastLoopTurn = .now
-                        if lostConnection { $0.databaseReady = false }
-                    }
-                    if lostConnection {
-                        await connection?.close()
-                        connection = nil
-                    }
-                    try? await Task.sleep(for: delay)
+                    state.started(delivery)
+                    leased.withLock { $0[delivery.id] = lease }
+                    let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
+                    let webhookID = webhookIDPrefix + String(delivery.id)
+                    let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
+                    // The attempt starts now, as it takes its slot and rate-limit token.
+                    start(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: Date())
                 }
+                failures = 0
+                let inFlight = state.inFlightTotal
+                let known = subscribers.count
+                health.update {
+                    $0.lastLoopTurn = .now
+                    $0.lastError = nil
+                    $0.inFlight = inFlight
+                    $0.subscribers = known
+                }
+                let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                if configuration.listen && armed && !idle {
+                    // Busy again: writers need not NOTIFY while this instance keeps looking.
+                    try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
+                    armed = false
+                }
+                if idle && configuration.listen && !armed {
+                    // Arm, then look once more before sleeping: a change committed before the
+                    // flag was visible did not NOTIFY, but this round finds it. (One whose
+                    // trigger ran before the flag and that commits after this round is left
+                    // to the poll interval.)
+                    try await DeliveryStore.setIdle(true, instance: instanceID, on: db)
+                    armed = true
+                    continue
+                }
+                if idle {
+                    await doorbell.wait(timeout: state.nextWake(pollInterval: configuration.pollInterval))
+                }
+            } catch {
+                if stopping.load(ordering: .relaxed) || Task.isCancelled { break }
+                failures += 1
+                let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
+                var error = error
+                var lostConnection = (error as? PostgresError)?.isConnectionError ?? true
+                if !lostConnection, let connection, let mismatch = await Self.schemaMismatch(on: connection) {
+                    // `consent-sync migrate` of a newer version ran while this daemon kept
+                    // going: say so rather than the statement's own error, and connect anew,
+                    // where the same check holds every further try until the binary matches.
+                    logger.error("the database schema changed under this daemon; restart it with the matching consent-sync", metadata: ["statement_error": "\(error)"])
+                    error = mismatch
+                    lostConnection = true
+                }
+                logger.error("pipeline step failed; retrying", metadata: ["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"])
+                metrics.databaseError()
+                health.update {
+                    $0.lastError = "\(error)"
+                    $0.lastLoopTurn = .now
+                    if lostConnection { $0.databaseReady = false }
+                }
+                if lostConnection {
+                    await connection?.close()
+                    connection = nil
+                }
+                try? await Task.sleep(for: delay)
             }
-
-            // Draining: no new claims; let requests in flight finish for a while.
-            let deadline = ContinuousClock.now + configuration.drainTimeout
-            while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
-                await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
-            }
-            requests.cancelAll()
         }
+
+        // Draining: no new claims; let requests in flight finish for a while.
+        let deadline = ContinuousClock.now + configuration.drainTimeout
+        while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
+            await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
+        }
+        // Out of time (or stopping at once): cut the rest short; each is then recorded as
+        // interrupted, by its completion, here or on the HTTP client's thread.
+        for request in outstanding.withLock({ Array($0.values) }) {
+            request.cancel()
+        }
+        // A completion already running on that thread appends its record a moment later. (In a
+        // task of its own: this one may be cancelled, which would cut every wait short.)
+        let unanswered = state.inFlightTotal
+        await Task {
+            let cancelled = ContinuousClock.now + .seconds(1)
+            while unanswered > finished.withLock({ $0.count }) && ContinuousClock.now < cancelled {
+                await doorbell.wait(timeout: .milliseconds(20))
+            }
+        }.value
 
         // Every request has ended (finished, or cut short and recorded as interrupted).
         // Write the last results even when this task was cancelled: a task of its own is not.
@@ -692,9 +699,12 @@ public final class Relay: Service {
 
     // MARK: - Sending
 
-    private func send(
+    /// Starts one attempt: its request goes to the HTTP client's thread, where its completion
+    /// turns the answer into a record for the next round. No task per request: that was a task
+    /// and two thread hand-overs for each delivery.
+    private func start(
         _ delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8], startedAt: Date
-    ) async -> AttemptRecord {
+    ) {
         if let problem = delivery.change.problem {
             // Captured from a row that cannot make an event (no subject id, an unmapped status):
             // recorded as dead with the reason, for an operator to see; nothing is sent.
@@ -702,9 +712,33 @@ public final class Relay: Service {
                 "subscriber": "\(subscriber.name)", "delivery": "\(delivery.id)", "change": "\(delivery.change.id)", "reason": "\(problem)",
             ])
             metrics.delivery(subscriber: subscriber.name, outcome: "dead")
-            return .init(delivery, verdict: .dead, status: nil, error: "not sent: \(problem)", excerpt: nil, startedAt: startedAt, duration: .zero)
+            finished.withLock {
+                $0.append(.init(delivery, verdict: .dead, status: nil, error: "not sent: \(problem)", excerpt: nil, startedAt: startedAt, duration: .zero))
+            }
+            return
         }
         let clock = ContinuousClock.now
+        let handle: HTTPRequestHandle
+        do {
+            handle = try http.prepare(request(for: delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: startedAt))
+        } catch {
+            let attempt = record(of: delivery, to: subscriber, result: .failure(error), startedAt: startedAt, since: clock)
+            finished.withLock { $0.append(attempt) }
+            return
+        }
+        outstanding.withLock { $0[delivery.id] = handle }
+        handle.start { [self] result in
+            let attempt = record(of: delivery, to: subscriber, result: result, startedAt: startedAt, since: clock)
+            outstanding.withLock { $0[delivery.id] = nil }
+            finished.withLock { $0.append(attempt) }
+            doorbell.ring()
+        }
+    }
+
+    /// The signed request of one attempt.
+    private func request(
+        for delivery: ClaimedDelivery, to subscriber: Subscriber, webhookID: String, replayOf: String?, body: [UInt8], startedAt: Date
+    ) -> HTTPRequest {
         let message = WebhookMessage(
             id: webhookID,
             timestamp: Int64(startedAt.timeIntervalSince1970),
@@ -732,6 +766,15 @@ public final class Relay: Service {
                 clientKeyPath: subscriber.tls.clientKeyPath
             )
         }
+        return request
+    }
+
+    /// What one attempt's answer, or error, means for its delivery (the retry policy's verdict),
+    /// logged and counted.
+    private func record(
+        of delivery: ClaimedDelivery, to subscriber: Subscriber, result: Result<HTTPResponse, HTTPClientError>,
+        startedAt: Date, since clock: ContinuousClock.Instant
+    ) -> AttemptRecord {
         // Built only when a line is logged: most deliveries log at debug level, which is off.
         func metadata(_ extra: Logger.Metadata) -> Logger.Metadata {
             var metadata: Logger.Metadata = [
@@ -747,20 +790,18 @@ public final class Relay: Service {
         var excerpt: String?
         var errorText: String?
         var response: HTTPResponse?
-        do {
-            let answer = try await http.send(request)
+        switch result {
+        case .success(let answer):
             response = answer
             status = answer.status
             excerpt = String(decoding: answer.body, as: UTF8.self)
             outcome = .response(status: answer.status, retryAfter: answer.header("retry-after"))
-        } catch let error as HTTPClientError {
+        case .failure(let error):
             if error.code == .cancelled || error.code == .shutdown {
                 return interrupted(delivery, startedAt: startedAt, since: clock)
             }
             errorText = error.description
             outcome = .transportError(message: error.description, retryable: error.isRetryable)
-        } catch {
-            return interrupted(delivery, startedAt: startedAt, since: clock)
         }
         let duration = ContinuousClock.now - clock
         metrics.attemptDuration(subscriber: subscriber.name, duration)
