@@ -76,7 +76,11 @@ final class CurlMultiLoop: @unchecked Sendable {
         let accepted = self.shared.withLock { shared in
             guard shared.phase == .running else { return false }
             shared.submissions.append(pending)
-            curl_multi_wakeup(self.multi)
+            // Queued behind others: the wake-up of the first is still due (the loop takes the
+            // whole queue at once, after waking), so a round's requests cost one wake-up.
+            if shared.submissions.count == 1 {
+                curl_multi_wakeup(self.multi)
+            }
             return true
         }
         if !accepted {
