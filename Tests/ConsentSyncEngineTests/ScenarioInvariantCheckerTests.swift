@@ -114,6 +114,12 @@ struct InvariantCheckerTests {
                 var deliveredTwice = timedOut
                 deliveredTwice.attempts.append(ScenarioSnapshot.Attempt(deliveryID: doubledDelivery, attempt: 99, startedAt: "00:00:00.000", status: "200", error: nil))
                 #expect(!check(doubled, deliveredTwice).violations(of: .noDuplicates).isEmpty)
+                // An attempt logged twice by its instance (a result written again after a lost
+                // connection, when the first write had committed).
+                let logged = try #require(snapshot.attempts.first { $0.instanceID != nil })
+                var loggedTwice = snapshot
+                loggedTwice.attempts.append(logged)
+                #expect(!check(receipts, loggedTwice).violations(of: .eachAttemptLoggedOnce).isEmpty)
                 // Other errors are not timeouts.
                 var refused = snapshot
                 refused.attempts.insert(ScenarioSnapshot.Attempt(deliveryID: doubledDelivery, attempt: 0, startedAt: "00:00:00.000", status: nil, error: "receive failed: Empty reply from server"), at: 0)

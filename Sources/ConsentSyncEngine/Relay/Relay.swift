@@ -500,7 +500,7 @@ public final class Relay: Service {
         do {
             results = try await db.pipeline(groups)
         } catch {
-            finished.withLock { $0.insert(contentsOf: records, at: 0) }
+            keepForAnotherTry(records)
             throw error
         }
         var next = results.makeIterator()
@@ -509,8 +509,7 @@ public final class Relay: Service {
             _ = next.next()  // the lock
             let written = next.next()!
             if case .failure(let error) = written, error.isConnectionError {
-                // Keep them for the next try; nothing is lost while the process lives.
-                finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                keepForAnotherTry(records)
                 throw error
             }
             var applied: Set<Int64>
@@ -527,7 +526,7 @@ public final class Relay: Service {
                     }
                 } catch {
                     // Lost the connection half-way: all of them again next time (applied ones are fenced).
-                    finished.withLock { $0.insert(contentsOf: records, at: 0) }
+                    keepForAnotherTry(records)
                     throw error
                 }
             }
@@ -607,8 +606,7 @@ public final class Relay: Service {
                 applied.formUnion(try await recordAlone(record, on: db))
             }
         } catch {
-            // Keep them for the next try; nothing is lost while the process lives.
-            finished.withLock { $0.insert(contentsOf: records, at: 0) }
+            keepForAnotherTry(records)
             throw error
         }
         leased.withLock { leases in
@@ -628,6 +626,18 @@ public final class Relay: Service {
     /// Writes one result; if the database refuses it (a receiver's answer it cannot store),
     /// writes it again without the answer's text, and as a last resort leaves the delivery to
     /// its lease, which expires and sends it again: logged, never lost.
+    /// Puts results whose write-back failed back in front of the queue for the next round:
+    /// nothing is lost while the process lives. The write may have committed before the
+    /// answer was lost, so the next one logs their attempts only where they are not yet.
+    private func keepForAnotherTry(_ records: [AttemptRecord]) {
+        let marked = records.map { record in
+            var record = record
+            record.mayBeLogged = true
+            return record
+        }
+        finished.withLock { $0.insert(contentsOf: marked, at: 0) }
+    }
+
     private func recordAlone(_ record: AttemptRecord, on db: PostgresConnection) async throws -> Set<Int64> {
         do {
             return try await DeliveryStore.record([record], owner: instanceID, on: db)

@@ -48,6 +48,9 @@ struct AttemptRecord: Sendable {
     var newestWins = false
     var startedAt: Date
     var duration: Duration
+    /// Written once already, and that write may have committed before its answer was lost:
+    /// its attempt is logged only if it is not there yet.
+    var mayBeLogged = false
 }
 
 /// The SQL of the pipeline: fan-out, claim, record, lease expiry.
@@ -392,12 +395,7 @@ enum DeliveryStore {
                         (delivery_id, attempt, started_at, duration_ms, status, error, response_excerpt, instance_id, applied, applied_reason)
                     SELECT i.id, i.attempt, to_timestamp(i.started_at), i.duration_ms, i.status, i.error, i.excerpt, $1::uuid,
                            i.applied, i.applied_reason
-                    FROM input i
-                    -- Written again after the connection was lost, these results may have been
-                    -- committed the first time: each attempt is logged once (attempt numbers
-                    -- only grow, and a lease expiry logs its own row without an instance).
-                    WHERE NOT EXISTS (SELECT 1 FROM consent_sync.attempts a
-                                      WHERE a.delivery_id = i.id AND a.attempt = i.attempt AND a.instance_id = $1::uuid)
+                    FROM input i\(records.contains(where: \.mayBeLogged) ? loggedOnce : "")
                 ), unparked AS (
                     UPDATE consent_sync.deliveries p SET next_attempt_at = now()
                     WHERE p.id = ANY (ARRAY(
@@ -432,6 +430,16 @@ enum DeliveryStore {
             ),
         ]
     }
+
+    /// The write-back's condition on logging an attempt when its results were written before
+    /// and the connection was lost before the answer: they may have been committed the first
+    /// time. Each attempt is logged once (attempt numbers only grow, and a lease expiry logs
+    /// its own row without an instance). Only then: it is an index probe per result.
+    static let loggedOnce = """
+
+                    WHERE NOT EXISTS (SELECT 1 FROM consent_sync.attempts a
+                                      WHERE a.delivery_id = i.id AND a.attempt = i.attempt AND a.instance_id = $1::uuid)
+        """
 
     static func recordResult(_ rows: PostgresRows) throws -> Set<Int64> {
         Set(try rows.map { try $0.int64("id") })

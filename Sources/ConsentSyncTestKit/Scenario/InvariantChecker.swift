@@ -42,13 +42,16 @@ public struct ScenarioSnapshot: Sendable {
         public var startedAt: String
         public var status: String?
         public var error: String?
+        /// The instance that made the attempt (none for a lease expiry's row).
+        public var instanceID: String?
 
-        public init(deliveryID: Int64, attempt: Int, startedAt: String, status: String?, error: String?) {
+        public init(deliveryID: Int64, attempt: Int, startedAt: String, status: String?, error: String?, instanceID: String? = nil) {
             self.deliveryID = deliveryID
             self.attempt = attempt
             self.startedAt = startedAt
             self.status = status
             self.error = error
+            self.instanceID = instanceID
         }
 
         /// The relay recorded a 2xx answer for this attempt.
@@ -122,13 +125,13 @@ public struct ScenarioSnapshot: Sendable {
             let attempts = try await connection.query(
                 """
                 SELECT delivery_id, attempt, to_char(started_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS') AS started_at,
-                       status::text AS status, error
+                       status::text AS status, error, instance_id::text AS instance_id
                 FROM consent_sync.attempts ORDER BY id
                 """
             ).map { row in
                 Attempt(
                     deliveryID: try row.int64("delivery_id"), attempt: try row.int("attempt"), startedAt: try row.string("started_at"),
-                    status: row.optionalString("status"), error: row.optionalString("error")
+                    status: row.optionalString("status"), error: row.optionalString("error"), instanceID: row.optionalString("instance_id")
                 )
             }
             return ScenarioSnapshot(changes: changes, subscribers: subscribers, deliveries: deliveries, attempts: attempts)
@@ -171,6 +174,7 @@ public enum InvariantChecker {
         case nothingInFlightOrLeased = "nothing pending, in flight or leased after quiescence"
         case noUnexpectedDead = "no dead delivery unless the scenario forced one"
         case deliveredMeansAcknowledged = "a delivery marked delivered was acknowledged with a 2xx"
+        case eachAttemptLoggedOnce = "each attempt is logged once by the instance that made it (results written again after a lost connection included)"
     }
 
     public struct Violation: Sendable, CustomStringConvertible {
@@ -349,6 +353,14 @@ public enum InvariantChecker {
         }
         for change in snapshot.changes where !change.fannedOut {
             fail(.everyChangeFannedOut, nil, change.subject, "change \(change.id) was never fanned out")
+        }
+        var logged: [String: Int] = [:]
+        for attempt in snapshot.attempts {
+            guard let instance = attempt.instanceID else { continue }
+            logged["delivery \(attempt.deliveryID), attempt \(attempt.attempt), instance \(instance)", default: 0] += 1
+        }
+        for (what, count) in logged.sorted(by: { $0.key < $1.key }) where count > 1 {
+            fail(.eachAttemptLoggedOnce, nil, nil, "\(what) is logged \(count) times")
         }
 
         var subjects: [String] = []
