@@ -4,7 +4,7 @@ import Synchronization
 /// cancels or shuts the request down (the client's loop thread, usually).
 public typealias HTTPCompletion = @Sendable (Result<HTTPResponse, HTTPClientError>) -> Void
 
-/// One call to ``HTTPClient/send(_:)`` or ``HTTPClient/start(_:completion:)``: the request and
+/// One call to ``HTTPClient/send(_:)`` or ``HTTPClient/prepare(_:)``: the request and
 /// the handler that receives its outcome exactly once, whichever of completion, cancellation
 /// and shutdown comes first (postgres-nio's `ConnectionRequest` pattern).
 final class PendingRequest: Sendable {

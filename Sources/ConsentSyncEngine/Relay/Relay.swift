@@ -623,9 +623,6 @@ public final class Relay: Service {
         }
     }
 
-    /// Writes one result; if the database refuses it (a receiver's answer it cannot store),
-    /// writes it again without the answer's text, and as a last resort leaves the delivery to
-    /// its lease, which expires and sends it again: logged, never lost.
     /// Puts results whose write-back failed back in front of the queue for the next round:
     /// nothing is lost while the process lives. The write may have committed before the
     /// answer was lost, so the next one logs their attempts only where they are not yet.
@@ -638,6 +635,9 @@ public final class Relay: Service {
         finished.withLock { $0.insert(contentsOf: marked, at: 0) }
     }
 
+    /// Writes one result; if the database refuses it (a receiver's answer it cannot store),
+    /// writes it again without the answer's text, and as a last resort leaves the delivery to
+    /// its lease, which expires and sends it again: logged, never lost.
     private func recordAlone(_ record: AttemptRecord, on db: PostgresConnection) async throws -> Set<Int64> {
         do {
             return try await DeliveryStore.record([record], owner: instanceID, on: db)
