@@ -372,7 +372,9 @@ public final class Relay: Service {
                     $0.inFlight = inFlight
                     $0.subscribers = known
                 }
-                let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                // A round that held a subscriber back claimed nothing for it, though it may have
+                // work due (another subject's): the next round comes at once, not at the next wake.
+                let idle = claimed.isEmpty && fannedOutTotal == 0 && !round.heldBack && finished.withLock({ $0.isEmpty })
                 if configuration.listen && armed && !idle {
                     // Busy again: writers need not NOTIFY while this instance keeps looking.
                     try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
@@ -468,7 +470,7 @@ public final class Relay: Service {
         lease: Duration,
         configuration: Configuration,
         on db: PostgresConnection
-    ) async throws -> (fannedOut: Int, claimed: [ClaimedDelivery]) {
+    ) async throws -> (fannedOut: Int, claimed: [ClaimedDelivery], heldBack: Bool) {
         let records = finished.withLock { records in
             defer { records.removeAll(keepingCapacity: true) }
             return records
@@ -586,7 +588,7 @@ public final class Relay: Service {
             logger.error("pipeline step failed; sending what was claimed", metadata: ["error": "\(stepError)"])
             metrics.databaseError()
         }
-        return (fannedOut, claimed)
+        return (fannedOut, claimed, !holdBack.isEmpty)
     }
 
     private func recordFinished(_ state: inout DispatchState, on db: PostgresConnection) async throws {
