@@ -372,9 +372,12 @@ public final class Relay: Service {
                     $0.inFlight = inFlight
                     $0.subscribers = known
                 }
-                // A round that held a subscriber back claimed nothing for it, though it may have
-                // work due (another subject's): the next round comes at once, not at the next wake.
-                let idle = claimed.isEmpty && fannedOutTotal == 0 && !round.heldBack && finished.withLock({ $0.isEmpty })
+                let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                if idle && round.heldBack {
+                    // This round claimed nothing for a subscriber whose failures it wrote, though
+                    // it may have work due (another subject's): claim it now, not at the next wake.
+                    continue
+                }
                 if configuration.listen && armed && !idle {
                     // Busy again: writers need not NOTIFY while this instance keeps looking.
                     try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
