@@ -95,4 +95,18 @@ struct DispatchStateTests {
         for _ in 0..<4 { state.started(Self.delivery(for: 1)) }
         #expect(state.nextWake(pollInterval: .seconds(5), now: Self.start) == .milliseconds(250))
     }
+
+    /// A slot held for a delivery that may be handed over is not claimed again in that round,
+    /// and is free again once given back.
+    @Test func aReservedSlotIsLeftOutOfTheBudgets() {
+        var state = DispatchState(maxInFlight: 100)
+        let subscriber = Self.subscriber(1, maxInFlight: 3)
+        state.started(Self.delivery(for: 1))
+        state.reserve(1)
+        #expect(state.budgets(for: [subscriber], perRound: 10).first?.count == 1)
+        #expect(state.inFlightTotal == 2)
+        state.unreserve(1)
+        #expect(state.budgets(for: [subscriber], perRound: 10).first?.count == 2)
+        #expect(state.inFlightTotal == 1)
+    }
 }

@@ -37,6 +37,54 @@ struct StatementPlanTests {
         }
     }
 
+    /// The hand-over finds each ended delivery through the primary key and its subject's next
+    /// one through `deliveries_live_by_subject`, whatever the round's size.
+    @Test func theHandOverFindsEachSubjectsNextDeliveryThroughAnIndex() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                for purpose in ["first", "second"] {
+                    try await db.execute(
+                        """
+                        INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
+                        SELECT 'cust-' || g, '\(purpose)', 'granted', 'test' FROM generate_series(1, 300) AS g
+                        """
+                    )
+                }
+                _ = try await DeliveryStore.fanOut(limit: 1000, on: db)
+                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+                let owner = UUID()
+                let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 1000)], lease: .seconds(60), on: db)
+                #expect(claimed.count == 300)
+                let records = claimed.map {
+                    AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
+                }
+                let statements = DeliveryStore.recordStatements(records, owner: owner, handOver: records.map(\.deliveryID), lease: .seconds(60))
+                #expect(statements.count == 3)
+                // The write-back alone (it leaves the next ones parked for the hand-over), then the hand-over explained.
+                _ = try await db.pipeline([Array(statements.prefix(2))])
+                let handOver = statements[2]
+                let arguments = handOver.parameters.map { value in
+                    value.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" } ?? "NULL"
+                }
+                try await db.execute("PREPARE hand_over AS \(handOver.sql)")
+                let plan = try await db.query(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE hand_over(\(arguments.joined(separator: ", ")))"
+                ).map { $0[0] ?? "" }.joined(separator: "\n")
+
+                let states = try await db.query("SELECT state || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY state ORDER BY 1")
+                #expect(try states.map { try $0.string("line") } == ["delivered 300", "in_flight 300"])
+                #expect(plan.contains("Index Scan using deliveries_live_by_subject on deliveries q"), "\(plan)")
+                #expect(plan.contains("deliveries_pkey on deliveries e"), "\(plan)")
+                #expect(!plan.contains("Seq Scan"), "\(plan)")
+                #expect(!plan.contains("Rows Removed by Filter"), "\(plan)")
+                #expect(plan.contains("Index Scan using deliveries_pkey on deliveries d"), "\(plan)")
+                #expect(!plan.contains("deliveries_due"), "\(plan)")
+            }
+        }
+    }
+
     /// Retention deletes old changes in batches; each deleted change cascades to its
     /// deliveries, and each of those to its attempts and events, through statements of the
     /// form `DELETE FROM ONLY child WHERE $1 = column`. Each must find its rows through an

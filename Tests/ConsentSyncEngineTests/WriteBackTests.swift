@@ -1,3 +1,4 @@
+import ConsentSyncCore
 @testable import ConsentSyncEngine
 import ConsentSyncPostgres
 import ConsentSyncTestKit
@@ -31,6 +32,63 @@ struct WriteBackTests {
                 // An instance whose lease was lost still logs its own attempt (the request was made).
                 _ = try await DeliveryStore.record(kept, owner: UUID(), on: db)
                 #expect(try await Self.attemptRows(db) == [2, 2, 2])
+            }
+        }
+    }
+
+    /// A delivery that ends hands its subject's next one to the same instance, in the write-back's
+    /// transaction: leased at once (no un-park and later claim); the one after stays parked.
+    /// For a subscriber that is not enabled the next one is only un-parked, as without it.
+    @Test func anEndedDeliveryHandsItsSubjectsNextOneToTheSameInstance() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+            let writer = ConsentWriter(database: database)
+            for purpose in ["p1", "p2", "p3"] { try await writer.set("cust-1", purpose, .granted) }
+            try await writer.set("cust-2", "p1", .granted)
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                _ = try await DeliveryStore.fanOut(limit: 100, on: db)
+                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+                let owner = UUID()
+                let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 10)], lease: .seconds(60), on: db)
+                #expect(claimed.map { "\($0.change.subject)/\($0.change.purpose)" } == ["cust-1/p1", "cust-2/p1"])
+                #expect(claimed.map(\.followed) == [true, false], "cust-1 has more waiting, cust-2 not")
+
+                func finish(_ deliveries: [ClaimedDelivery]) async throws -> [ClaimedDelivery] {
+                    let records = deliveries.map {
+                        AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
+                    }
+                    let statements = DeliveryStore.recordStatements(records, owner: owner, handOver: records.map(\.deliveryID), lease: .seconds(60))
+                    let results = try await db.pipeline([statements])
+                    #expect(try DeliveryStore.recordResult(results[1].get()) == Set(deliveries.map(\.id)))
+                    return try DeliveryStore.claimResult(results[2].get())
+                }
+                func states() async throws -> [String] {
+                    try await db.query(
+                        """
+                        SELECT c.subject || '/' || c.purpose || ' ' || d.state || ' ' || d.attempts
+                               || CASE WHEN d.next_attempt_at = 'infinity' THEN ' parked' ELSE '' END
+                               || CASE WHEN d.lease_owner = $1::uuid THEN ' leased' ELSE '' END AS line
+                        FROM consent_sync.deliveries d JOIN consent_sync.changes c ON c.id = d.change_id ORDER BY d.id
+                        """,
+                        [owner.uuidString]
+                    ).map { try $0.string("line") }
+                }
+
+                let handed = try await finish(claimed)
+                #expect(handed.map { "\($0.change.subject)/\($0.change.purpose) \($0.attempt) \($0.followed)" } == ["cust-1/p2 1 true"])
+                let afterFirst = try await states()
+                #expect(afterFirst == [
+                    "cust-1/p1 delivered 1", "cust-1/p2 in_flight 1 leased", "cust-1/p3 pending 0 parked", "cust-2/p1 delivered 1",
+                ])
+
+                // Paused: the next one is un-parked for a claim (which the pause holds back), not leased.
+                try await db.execute("UPDATE consent_sync.subscribers SET state = 'paused'")
+                #expect(try await finish(handed).isEmpty)
+                let afterSecond = try await states()
+                #expect(afterSecond == [
+                    "cust-1/p1 delivered 1", "cust-1/p2 delivered 1", "cust-1/p3 pending 0", "cust-2/p1 delivered 1",
+                ])
             }
         }
     }

@@ -51,6 +51,19 @@ struct DispatchState {
         buckets[delivery.subscriberID]?.tokens -= 1
     }
 
+    /// Holds a slot of `subscriberID` for a delivery that may be handed over to this instance
+    /// in the same round as the claim (see ``Relay``), so that the claim's budgets leave it free.
+    mutating func reserve(_ subscriberID: Int64) {
+        inFlight[subscriberID, default: 0] += 1
+        inFlightTotal += 1
+    }
+
+    /// Gives back a slot held by ``reserve(_:)``; a delivery handed over takes it with ``started(_:)``.
+    mutating func unreserve(_ subscriberID: Int64) {
+        inFlight[subscriberID, default: 1] -= 1
+        inFlightTotal -= 1
+    }
+
     mutating func finished(_ record: AttemptRecord, now: ContinuousClock.Instant = .now) {
         inFlight[record.subscriberID, default: 1] -= 1
         inFlightTotal -= 1

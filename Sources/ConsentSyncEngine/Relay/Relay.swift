@@ -32,6 +32,9 @@ public final class Relay: Service {
     private let leased = Mutex<[Int64: Duration]>([:])
     /// The requests of those deliveries not answered yet: what a drain out of time cancels.
     private let outstanding = Mutex<[Int64: HTTPRequestHandle]>([:])
+    /// Hand-overs (see ``runRound``) the database refused in a row; after three, every
+    /// delivery is claimed instead, for as long as this process runs.
+    private let handOverFailures = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     /// Daemons seen recently in `consent_sync.listeners` (this one included).
     private let liveInstances = Atomic<Int>(1)
@@ -488,11 +491,20 @@ public final class Relay: Service {
         // it in this round's pipeline; the next round sees whether it is still enabled.
         var holdBack = Set(outcomes.filter { !$0.value }.map(\.key))
         for record in records where record.disableSubscriber != nil { holdBack.insert(record.subscriberID) }
+        // A delivery that ended, with a later one of its subject waiting when it was claimed,
+        // hands that one straight to this instance in the write-back's transaction (one write
+        // of that row instead of an un-park and a claim), into the slot it frees and holds for
+        // it: not for a subscriber held back or rate-limited (its tokens are the claim's).
+        let handOver = handOverFailures.load(ordering: .relaxed) >= 3 ? [] : records.filter { record in
+            record.followed && record.verdict != .retry && !holdBack.contains(record.subscriberID)
+                && subscribers[record.subscriberID].map { $0.enabled && $0.limits.ratePerSecond == nil } == true
+        }
+        for record in handOver { planned.reserve(record.subscriberID) }
         let budgets = planned.budgets(for: subscribers.values.filter { !holdBack.contains($0.id) }, perRound: configuration.claimBatchSize)
 
         var groups: [[PostgresStatement]] = []
         if !records.isEmpty {
-            groups.append(DeliveryStore.recordStatements(records, owner: instanceID))
+            groups.append(DeliveryStore.recordStatements(records, owner: instanceID, handOver: handOver.map(\.deliveryID), lease: lease))
         }
         if !outcomes.isEmpty {
             groups.append([DeliveryStore.trackFailuresStatement(outcomes, disableAfter: configuration.disableAfterFailing)])
@@ -510,9 +522,13 @@ public final class Relay: Service {
         }
         var next = results.makeIterator()
 
+        var handedOver: [ClaimedDelivery] = []
+        var handOverError: (any Error)?
         if !records.isEmpty {
             _ = next.next()  // the lock
             let written = next.next()!
+            // The hand-over is the third statement of the write-back's transaction.
+            let handed = handOver.isEmpty ? nil : next.next()!
             if case .failure(let error) = written, error.isConnectionError {
                 keepForAnotherTry(records)
                 throw error
@@ -520,9 +536,29 @@ public final class Relay: Service {
             var applied: Set<Int64>
             switch written {
             case .success(let rows):
+                if case .failure(let error) = handed {
+                    // Rolled back with it: the results are written again next round.
+                    if !error.isConnectionError {
+                        let failures = handOverFailures.add(1, ordering: .relaxed).newValue
+                        logger.error("handing over the next deliveries failed\(failures >= 3 ? "; they are claimed instead from now on" : "")", metadata: ["error": "\(error)"])
+                    }
+                    keepForAnotherTry(records)
+                    throw error
+                }
                 applied = try DeliveryStore.recordResult(rows)
+                if case .success(let rows) = handed {
+                    handOverFailures.store(0, ordering: .relaxed)
+                    do {
+                        handedOver = try DeliveryStore.claimResult(rows)
+                    } catch {
+                        // Leased to this instance but unreadable: as with a claim, their leases
+                        // run out and they are sent again.
+                        handOverError = error
+                    }
+                }
             case .failure(let error):
-                // One bad row must not hold up every result behind it: write them one by one.
+                // One bad row must not hold up every result behind it: write them one by one
+                // (each un-parks what follows it; the hand-over was skipped with the rest).
                 logger.error("writing results failed; writing them one by one", metadata: ["error": "\(error)", "count": "\(records.count)"])
                 applied = []
                 do {
@@ -547,6 +583,7 @@ public final class Relay: Service {
                 try await DeliveryStore.supersede(subjects: waitingAgain.map { ($0.subscriberID, $0.subject) }, on: db)
             }
         }
+        for record in handOver { planned.unreserve(record.subscriberID) }
         state = planned
 
         var failing: [Int64] = []
@@ -559,7 +596,7 @@ public final class Relay: Service {
             }
         }
 
-        var stepError: (any Error)?
+        var stepError = handOverError
         _ = next.next()  // the fan-out's lock
         var fannedOut = 0
         do {
@@ -571,10 +608,10 @@ public final class Relay: Service {
         } catch {
             stepError = error
         }
-        var claimed: [ClaimedDelivery] = []
+        var claimed = handedOver
         if !budgets.isEmpty {
             do {
-                claimed = try DeliveryStore.claimResult(try next.next()!.get())
+                claimed += try DeliveryStore.claimResult(try next.next()!.get())
             } catch {
                 stepError = stepError ?? error
             }
@@ -886,5 +923,6 @@ extension AttemptRecord {
             startedAt: startedAt,
             duration: duration
         )
+        self.followed = delivery.followed
     }
 }

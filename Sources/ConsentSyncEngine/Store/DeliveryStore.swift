@@ -15,6 +15,9 @@ struct ClaimedDelivery: Sendable {
     /// The delivery this one replays (`consent-sync replay`), if any.
     var replayOf: Int64?
     var change: ConsentChange
+    /// A later delivery of its subject was waiting behind it when it was claimed: when it
+    /// ends, that one is handed over (see ``DeliveryStore/handOverStatement(after:owner:lease:)``).
+    var followed = false
 
     /// The attempt number as far as the retry policy is concerned.
     var retryAttempt: Int { max(1, attempt - attemptsBeforeRequeue) }
@@ -48,6 +51,8 @@ struct AttemptRecord: Sendable {
     var newestWins = false
     var startedAt: Date
     var duration: Duration
+    /// Its delivery had a later one of its subject waiting behind it when it was claimed.
+    var followed = false
     /// Written once already, and that write may have committed before its answer was lost:
     /// its attempt is logged only if it is not there yet.
     var mayBeLogged = false
@@ -294,18 +299,9 @@ enum DeliveryStore {
                 SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid,
                     lease_expires_at = now() + make_interval(secs => $4::double precision)
                 WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
-                RETURNING d.id, d.change_id, d.subscriber_id, d.attempts, d.created_at, d.requeued_at,
-                          d.attempts_before_requeue, d.replay_of
+                \(claimedReturning)
             )
-            SELECT cl.id, cl.subscriber_id, cl.attempts, cl.attempts_before_requeue, cl.replay_of,
-                   extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
-                   c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
-                   c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
-                   c.attributes::text AS attributes, c.problem
-            FROM claimed cl CROSS JOIN LATERAL (
-                SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id OFFSET 0
-            ) c
-            ORDER BY c.id
+            \(claimedRows)
             """,
             [
                 owner.uuidString,
@@ -316,6 +312,28 @@ enum DeliveryStore {
             prepared: true
         )
     }
+
+    /// What a claim (or a hand-over) returns from the deliveries it leased, in a CTE `claimed`.
+    static let claimedReturning = """
+        RETURNING d.id, d.change_id, d.subscriber_id, d.subject, d.attempts, d.created_at, d.requeued_at,
+                          d.attempts_before_requeue, d.replay_of
+        """
+
+    /// The rows of the deliveries in `claimed`, with their changes, for ``claimResult(_:)``.
+    static let claimedRows = """
+        SELECT cl.id, cl.subscriber_id, cl.attempts, cl.attempts_before_requeue, cl.replay_of,
+                   extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
+                   c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
+                   c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
+                   c.attributes::text AS attributes, c.problem,
+                   EXISTS (SELECT 1 FROM consent_sync.deliveries n
+                           WHERE n.subscriber_id = cl.subscriber_id AND n.subject = cl.subject
+                             AND n.state IN ('pending', 'in_flight') AND n.change_id > cl.change_id) AS followed
+            FROM claimed cl CROSS JOIN LATERAL (
+                SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id OFFSET 0
+            ) c
+            ORDER BY c.id
+        """
 
     static func claimResult(_ rows: PostgresRows) throws -> [ClaimedDelivery] {
         try rows.map { row in
@@ -341,7 +359,8 @@ enum DeliveryStore {
                     changedAt: Date(timeIntervalSince1970: try row.double("changed_at")),
                     attributesJSON: row.optionalString("attributes"),
                     problem: row.optionalString("problem")
-                )
+                ),
+                followed: try row.bool("followed")
             )
         }
     }
@@ -358,8 +377,13 @@ enum DeliveryStore {
 
     /// Recording as one transaction: the shared lock (before the statement's snapshot), then
     /// the results. Its second statement's rows go to ``recordResult(_:)``.
-    static func recordStatements(_ records: [AttemptRecord], owner: UUID) -> [PostgresStatement] {
-        [
+    ///
+    /// With `handOver`, some of the finished deliveries (ended, of subscribers with a free slot
+    /// for it) hand their subject's next delivery straight to `owner`, in a third statement of
+    /// the same transaction (``handOverStatement(after:owner:lease:)``), instead of un-parking it
+    /// for a later claim: one write of that row instead of two.
+    static func recordStatements(_ records: [AttemptRecord], owner: UUID, handOver: [Int64] = [], lease: Duration = .zero) -> [PostgresStatement] {
+        var statements = [
             PostgresStatement("SELECT pg_advisory_xact_lock_shared($1::bigint)", [String(fanOutLockKey)], prepared: true),
             PostgresStatement(
                 """
@@ -407,7 +431,7 @@ enum DeliveryStore {
                                   AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
                                   AND q.next_attempt_at = 'infinity'
                                 ORDER BY q.change_id LIMIT 1)
-                        FROM updated u WHERE u.state IN ('delivered', 'dead')))
+                        FROM updated u WHERE u.state IN ('delivered', 'dead') AND u.id <> ALL ($14::bigint[])))
                 )
                 SELECT id FROM updated
                 """,
@@ -425,10 +449,62 @@ enum DeliveryStore {
                     postgresArrayOfOptionals(records.map { $0.answer.map { $0.applied ? "true" : "false" } }),
                     postgresArrayOfOptionals(records.map { $0.answer?.reason }),
                     "in_flight",
+                    postgresArray(handOver.map(String.init)),
                 ],
                 prepared: true
             ),
         ]
+        if !handOver.isEmpty {
+            statements.append(handOverStatement(after: handOver, owner: owner, lease: lease))
+        }
+        return statements
+    }
+
+    /// The hand-over, after the write-back in its transaction: for each of `ended` (deliveries
+    /// that ended), the first live delivery of its subscriber and subject, when it is parked
+    /// and the subscriber enabled, is leased to `owner`; otherwise the first parked one is
+    /// un-parked, as the write-back does for the others. Its rows go to ``claimResult(_:)``.
+    /// Order holds as in a claim: only the first live delivery of a subject is taken.
+    static func handOverStatement(after ended: [Int64], owner: UUID, lease: Duration) -> PostgresStatement {
+        PostgresStatement(
+            """
+            WITH ended AS (
+                SELECT e.subscriber_id, e.subject FROM consent_sync.deliveries e
+                WHERE e.id = ANY ($2::bigint[]) AND e.state IN ('delivered', 'dead')
+            ), claimed AS (
+                UPDATE consent_sync.deliveries d
+                SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid, next_attempt_at = now(),
+                    lease_expires_at = now() + make_interval(secs => $3::double precision)
+                WHERE d.id = ANY (ARRAY(
+                    SELECT h.id FROM ended e CROSS JOIN LATERAL (
+                        SELECT q.id, q.state, q.next_attempt_at FROM consent_sync.deliveries q
+                        WHERE q.subscriber_id = e.subscriber_id AND q.subject = e.subject
+                          AND q.state IN ('pending', 'in_flight')
+                        ORDER BY q.change_id LIMIT 1
+                    ) h
+                    WHERE h.state = 'pending' AND h.next_attempt_at = 'infinity'
+                      AND EXISTS (SELECT 1 FROM consent_sync.subscribers s WHERE s.id = e.subscriber_id AND s.state = 'enabled')))
+                  -- Checked again on the row itself, should another transaction have changed it
+                  -- meanwhile; as parameters ('pending', 'infinity'), or the plan walks every
+                  -- parked delivery in deliveries_due instead of looking up these ids.
+                  AND d.state = $4::text AND d.next_attempt_at = $5::timestamptz
+                \(claimedReturning)
+            ), unparked AS (
+                UPDATE consent_sync.deliveries p SET next_attempt_at = now()
+                WHERE p.id = ANY (ARRAY(
+                    SELECT (SELECT q.id FROM consent_sync.deliveries q
+                            WHERE q.subscriber_id = e.subscriber_id AND q.subject = e.subject
+                              AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
+                              AND q.next_attempt_at = 'infinity'
+                            ORDER BY q.change_id LIMIT 1)
+                    FROM ended e
+                    WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.subscriber_id = e.subscriber_id AND c.subject = e.subject)))
+            )
+            \(claimedRows)
+            """,
+            [owner.uuidString, postgresArray(ended.map(String.init)), String(lease.seconds), "pending", "infinity"],
+            prepared: true
+        )
     }
 
     /// The write-back's condition on logging an attempt when its results were written before
