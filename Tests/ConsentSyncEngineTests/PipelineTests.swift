@@ -191,6 +191,43 @@ struct PipelineTests {
         }
     }
 
+    /// A hand-over the database refuses rolls back the results written with it: they are
+    /// written again, without a hand-over after three refusals, and every change still
+    /// arrives once, in order. (A trigger refuses what only a hand-over does: leasing a
+    /// parked delivery.)
+    @Test func aRefusedHandOverLosesNothing() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            try await database.withConnection { db in
+                try await db.execute(
+                    """
+                    CREATE FUNCTION consent_sync.refuse_hand_over() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN RAISE EXCEPTION 'hand-over refused by the test'; END $$;
+                    CREATE TRIGGER refuse_hand_over BEFORE UPDATE ON consent_sync.deliveries FOR EACH ROW
+                    WHEN (OLD.next_attempt_at = 'infinity' AND NEW.state = 'in_flight')
+                    EXECUTE FUNCTION consent_sync.refuse_hand_over();
+                    """
+                )
+            }
+            // Written before the relay starts: the first is claimed with two waiting behind it.
+            let writer = ConsentWriter(database: database)
+            for purpose in ["p1", "p2", "p3"] { try await writer.set("cust-1", purpose, .granted) }
+            try await RelayFixture.withRelay(on: database) { _ in
+                try await waitUntil("everything delivered", timeout: .seconds(60)) {
+                    try await deliveryStates(database) == ["delivered", "delivered", "delivered"]
+                }
+            }
+            let purposes = receiver.requests.compactMap { request in
+                ((try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any])?["data"] as? [String: Any])?["purpose"] as? String
+            }
+            #expect(purposes == ["p1", "p2", "p3"])
+            let attempts = try await database.withConnection { try await $0.query("SELECT count(*) AS n FROM consent_sync.attempts") }
+            #expect(try attempts.first?.int("n") == 3, "each attempt logged once")
+        }
+    }
+
     @Test func aTransactionThatCommitsLateIsNotSkipped() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start()
