@@ -9,6 +9,18 @@ import Testing
 /// number of results in a round or with the table.
 @Suite(.enabled(if: TestDatabase.isConfigured, "needs DATABASE_URL or PG* (run 'make test')"))
 struct StatementPlanTests {
+    /// Runs `statement` as a prepared statement named `name` (the plan its session would
+    /// use) under `EXPLAIN ANALYZE`, and returns the plan.
+    static func explainAnalyzed(_ statement: PostgresStatement, as name: String, on db: PostgresConnection) async throws -> String {
+        let arguments = statement.parameters.map { value in
+            value.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" } ?? "NULL"
+        }
+        try await db.execute("PREPARE \(name) AS \(statement.sql)")
+        return try await db.query(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE \(name)(\(arguments.joined(separator: ", ")))"
+        ).map { $0[0] ?? "" }.joined(separator: "\n")
+    }
+
     /// The write-back once joined its results to `deliveries` by reading every result again for
     /// each row it updated (a nested loop over the round's input: 90 x 90 rows for 90 results).
     @Test func theWriteBackLooksUpEachResultInThePrimaryKey() async throws {
@@ -17,14 +29,7 @@ struct StatementPlanTests {
                 let records = claimed.map {
                     AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
                 }
-                let statement = DeliveryStore.recordStatements(records, owner: owner)[1]
-                let arguments = statement.parameters.map { value in
-                    value.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" } ?? "NULL"
-                }
-                try await db.execute("PREPARE write_back AS \(statement.sql)")
-                let plan = try await db.query(
-                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE write_back(\(arguments.joined(separator: ", ")))"
-                ).map { $0[0] ?? "" }.joined(separator: "\n")
+                let plan = try await Self.explainAnalyzed(DeliveryStore.recordStatements(records, owner: owner)[1], as: "write_back", on: db)
 
                 let states = try await db.query("SELECT state || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY state")
                 let lines = try states.map { try $0.string("line") }
@@ -64,14 +69,7 @@ struct StatementPlanTests {
                 #expect(statements.count == 3)
                 // The write-back alone (it leaves the next ones parked for the hand-over), then the hand-over explained.
                 _ = try await db.pipeline([Array(statements.prefix(2))])
-                let handOver = statements[2]
-                let arguments = handOver.parameters.map { value in
-                    value.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" } ?? "NULL"
-                }
-                try await db.execute("PREPARE hand_over AS \(handOver.sql)")
-                let plan = try await db.query(
-                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE hand_over(\(arguments.joined(separator: ", ")))"
-                ).map { $0[0] ?? "" }.joined(separator: "\n")
+                let plan = try await Self.explainAnalyzed(statements[2], as: "hand_over", on: db)
 
                 let states = try await db.query("SELECT state || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY state ORDER BY 1")
                 #expect(try states.map { try $0.string("line") } == ["delivered 300", "in_flight 300"])

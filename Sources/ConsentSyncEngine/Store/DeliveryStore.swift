@@ -423,14 +423,7 @@ enum DeliveryStore {
                 ), unparked AS (
                     UPDATE consent_sync.deliveries p SET next_attempt_at = now()
                     WHERE p.id = ANY (ARRAY(
-                        SELECT (SELECT q.id FROM consent_sync.deliveries q
-                                WHERE q.subscriber_id = u.subscriber_id AND q.subject = u.subject
-                                  -- "live and not in flight" rather than "pending": only
-                                  -- deliveries_live_by_subject can serve it then, never a scan of
-                                  -- every parked delivery of the subscriber (chosen on a fresh table)
-                                  AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
-                                  AND q.next_attempt_at = 'infinity'
-                                ORDER BY q.change_id LIMIT 1)
+                        SELECT \(firstParked(after: "u"))
                         FROM updated u WHERE u.state IN ('delivered', 'dead') AND u.id <> ALL ($14::bigint[])))
                 )
                 SELECT id FROM updated
@@ -458,6 +451,21 @@ enum DeliveryStore {
             statements.append(handOverStatement(after: handOver, owner: owner, lease: lease))
         }
         return statements
+    }
+
+    /// The first parked delivery of the subscriber and subject of the row `alias` (one that
+    /// ended): what un-parking makes due.
+    static func firstParked(after alias: String) -> String {
+        """
+        (SELECT q.id FROM consent_sync.deliveries q
+                    WHERE q.subscriber_id = \(alias).subscriber_id AND q.subject = \(alias).subject
+                      -- "live and not in flight" rather than "pending": only
+                      -- deliveries_live_by_subject can serve it then, never a scan of
+                      -- every parked delivery of the subscriber (chosen on a fresh table)
+                      AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
+                      AND q.next_attempt_at = 'infinity'
+                    ORDER BY q.change_id LIMIT 1)
+        """
     }
 
     /// The hand-over, after the write-back in its transaction: for each of `ended` (deliveries
@@ -492,11 +500,7 @@ enum DeliveryStore {
             ), unparked AS (
                 UPDATE consent_sync.deliveries p SET next_attempt_at = now()
                 WHERE p.id = ANY (ARRAY(
-                    SELECT (SELECT q.id FROM consent_sync.deliveries q
-                            WHERE q.subscriber_id = e.subscriber_id AND q.subject = e.subject
-                              AND q.state IN ('pending', 'in_flight') AND q.state <> 'in_flight'
-                              AND q.next_attempt_at = 'infinity'
-                            ORDER BY q.change_id LIMIT 1)
+                    SELECT \(firstParked(after: "e"))
                     FROM ended e
                     WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.subscriber_id = e.subscriber_id AND c.subject = e.subject)))
             )
