@@ -32,25 +32,32 @@ extension Migrations {
         DROP CONSTRAINT attempts_delivery_id_fkey;
 
     -- Each parent is locked as a foreign key's check locks it; one that a concurrent
-    -- transaction deleted is not returned, so the counts differ.
+    -- transaction deleted is not returned, so the counts differ. The parents are looked up by
+    -- an array of ids, a plan that can only probe the primary key: written as
+    -- `IN (SELECT ... FROM added)`, the check kept a plan for the session that read far more
+    -- than the rows it checked (a live run's fan-out took 2.2-2.5 ms a call instead of 0.3-0.4,
+    -- with four times the buffers).
     CREATE FUNCTION consent_sync.check_delivery_references() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     DECLARE
+        ids bigint[];
         missing text;
     BEGIN
         IF NOT EXISTS (SELECT FROM added) THEN
             RETURN NULL;
         END IF;
-        IF (SELECT count(*) FROM (SELECT FROM consent_sync.subscribers s
-                                  WHERE s.id IN (SELECT subscriber_id FROM added) FOR KEY SHARE) l)
-           < (SELECT count(DISTINCT subscriber_id) FROM added) THEN
-            SELECT format('subscriber %s', a.subscriber_id) INTO missing FROM added a
-            WHERE NOT EXISTS (SELECT FROM consent_sync.subscribers s WHERE s.id = a.subscriber_id) LIMIT 1;
-        ELSIF (SELECT count(*) FROM (SELECT FROM consent_sync.changes c
-                                     WHERE c.id IN (SELECT change_id FROM added) FOR KEY SHARE) l)
-              < (SELECT count(DISTINCT change_id) FROM added) THEN
-            SELECT format('change %s', a.change_id) INTO missing FROM added a
-            WHERE NOT EXISTS (SELECT FROM consent_sync.changes c WHERE c.id = a.change_id) LIMIT 1;
+        ids := ARRAY(SELECT DISTINCT subscriber_id FROM added);
+        IF (SELECT count(*) FROM (SELECT FROM consent_sync.subscribers s WHERE s.id = ANY (ids) FOR KEY SHARE) l)
+           < cardinality(ids) THEN
+            SELECT format('subscriber %s', i) INTO missing FROM unnest(ids) i
+            WHERE NOT EXISTS (SELECT FROM consent_sync.subscribers s WHERE s.id = i) LIMIT 1;
+        ELSE
+            ids := ARRAY(SELECT DISTINCT change_id FROM added);
+            IF (SELECT count(*) FROM (SELECT FROM consent_sync.changes c WHERE c.id = ANY (ids) FOR KEY SHARE) l)
+               < cardinality(ids) THEN
+                SELECT format('change %s', i) INTO missing FROM unnest(ids) i
+                WHERE NOT EXISTS (SELECT FROM consent_sync.changes c WHERE c.id = i) LIMIT 1;
+            END IF;
         END IF;
         IF missing IS NOT NULL THEN
             RAISE foreign_key_violation USING
@@ -68,16 +75,17 @@ extension Migrations {
     CREATE FUNCTION consent_sync.check_attempt_references() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     DECLARE
+        ids bigint[];
         missing bigint;
     BEGIN
         IF NOT EXISTS (SELECT FROM added) THEN
             RETURN NULL;
         END IF;
-        IF (SELECT count(*) FROM (SELECT FROM consent_sync.deliveries d
-                                  WHERE d.id IN (SELECT delivery_id FROM added) FOR KEY SHARE) l)
-           < (SELECT count(DISTINCT delivery_id) FROM added) THEN
-            SELECT a.delivery_id INTO missing FROM added a
-            WHERE NOT EXISTS (SELECT FROM consent_sync.deliveries d WHERE d.id = a.delivery_id) LIMIT 1;
+        ids := ARRAY(SELECT DISTINCT delivery_id FROM added);
+        IF (SELECT count(*) FROM (SELECT FROM consent_sync.deliveries d WHERE d.id = ANY (ids) FOR KEY SHARE) l)
+           < cardinality(ids) THEN
+            SELECT i INTO missing FROM unnest(ids) i
+            WHERE NOT EXISTS (SELECT FROM consent_sync.deliveries d WHERE d.id = i) LIMIT 1;
             RAISE foreign_key_violation USING
                 MESSAGE = format('a new attempt names delivery %s, which does not exist (or was deleted while it was written)', missing),
                 SCHEMA = 'consent_sync', TABLE = 'attempts';
