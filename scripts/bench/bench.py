@@ -1568,14 +1568,16 @@ unset multiplot
         `min_ms`: the plans of the expensive statements, in profile/`file_name`."""
         server_log = os.path.join(os.path.dirname(self.pg.pgdata), "server.log")
         offset = os.path.getsize(server_log) if os.path.exists(server_log) else 0
+        nested = "on" if self.args.explain_nested else "off"
         self.pg.psql(f"ALTER SYSTEM SET auto_explain.log_min_duration = '{min_ms}ms';"
                      "ALTER SYSTEM SET auto_explain.log_analyze = on; ALTER SYSTEM SET auto_explain.log_buffers = on;"
-                     "SELECT pg_reload_conf();")
+                     f"ALTER SYSTEM SET auto_explain.log_nested_statements = {nested}; SELECT pg_reload_conf();")
         try:
             result = run()
         finally:
             self.pg.psql("ALTER SYSTEM RESET auto_explain.log_min_duration; ALTER SYSTEM RESET auto_explain.log_analyze;"
-                         "ALTER SYSTEM RESET auto_explain.log_buffers; SELECT pg_reload_conf();")
+                         "ALTER SYSTEM RESET auto_explain.log_buffers; ALTER SYSTEM RESET auto_explain.log_nested_statements;"
+                         "SELECT pg_reload_conf();")
         with open(server_log, errors="replace") as f:
             f.seek(offset)
             text = f.read()
@@ -1896,6 +1898,8 @@ def parse_args(argv):
                    help="profile: log the plans of live-run statements slower than this (default 1.5)")
     p.add_argument("--explain-min-ms", type=int, default=env_default("explain_min_ms", 20, int),
                    help="profile: auto_explain threshold for the plans of slow statements (default 20)")
+    p.add_argument("--explain-nested", action="store_true",
+                   help="profile: also log the plans of statements run inside functions and triggers (schema 10's checks)")
     p.add_argument("--no-callgrind", dest="callgrind", action="store_false", help="profile without callgrind")
     p.add_argument("--after-migrate-sql", default="", metavar="SQL",
                    help="run SQL on each benchmark database after 'migrate' (what-if experiments, e.g. without an index)")
