@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PURPOSES = ["marketing_email", "marketing_sms", "ad_personalisation", "analytics", "profiling"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SCENARIOS = ["nginx", "drain", "live", "maxlive", "scaling", "producer", "plot"]
+ALL_SCENARIOS = ["nginx", "sender", "drain", "live", "maxlive", "scaling", "producer", "plot"]
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
@@ -898,6 +898,44 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         log(f"nginx alone ({self.args.nginx_workers} worker): {result.get('requests_per_s')} requests/s with {result['tool']}")
         self.record(result)
 
+    def scenario_sender(self):
+        """The sender alone: what libcurl and the kernel cost per request, with no daemon.
+
+        `curl-floor.c` (built here with the C compiler) sends requests shaped like the daemon's
+        (the same headers, a body of the same size) to K nginx receivers, `--sub-max-in-flight`
+        open per receiver on kept-alive connections, through one curl multi handle: once with
+        each easy handle configured once, once resetting and configuring it per request as the
+        daemon does. Its own CPU per request is a floor for the daemon's per delivery."""
+        workdir = os.path.join(self.work, "sender-alone")
+        os.makedirs(workdir)
+        compiler = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+        if compiler is None:
+            raise BenchError("no C compiler (cc, gcc or clang) to build scripts/bench/curl-floor.c")
+        tool = os.path.join(workdir, "curl-floor")
+        built = subprocess.run([compiler, "-O2", "-o", tool, os.path.join(HERE, "curl-floor.c"), "-lcurl"],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            raise BenchError(f"building curl-floor.c failed: {built.stderr.strip()[-1000:]}")
+        k = self.args.drain_k
+        nginx = Nginx(workdir, k, self.args.nginx_workers)
+        nginx.start()
+        urls = [f"http://127.0.0.1:{port}/hook" for port in nginx.ports]
+        try:
+            for mode in ("reuse", "reset"):
+                before = nginx.cpu()
+                run = subprocess.run([tool, "--requests", str(self.args.sender_requests), "--in-flight", str(self.args.sub_max_in_flight),
+                                      "--mode", mode, "--body-bytes", "600", *urls], capture_output=True, text=True, timeout=600)
+                if run.returncode != 0:
+                    raise BenchError(f"curl-floor --mode {mode} failed: {(run.stderr or run.stdout).strip()[-1000:]}")
+                figures = json.loads(run.stdout.strip().splitlines()[-1])
+                result = {"scenario": "sender-alone", "k": k} | figures
+                result["nginx_cpu_us_per_request"] = round(1e6 * (nginx.cpu() - before) / figures["requests"], 1)
+                log(f"sender alone (libcurl, {mode}): {figures['requests_per_s']:,.0f} requests/s, "
+                    f"{figures['cpu_us_per_request']} us CPU per request (nginx {result['nginx_cpu_us_per_request']} us)")
+                self.record(result)
+        finally:
+            nginx.stop()
+
     def drain(self, label, changes, k, paused_backlog=False, wrapper=None, perf=None, statements=False, time_box=None):
         """Commit `changes` with the daemon stopped, start it, measure until all is delivered.
         With paused_backlog, the deliveries are created first (subscribers paused) so that the
@@ -1691,7 +1729,7 @@ unset multiplot
         rows = []
         for r in self.results:
             s = r["scenario"]
-            if s in ("nginx-alone", "producer", "profile"):
+            if s in ("nginx-alone", "sender-alone", "producer", "profile"):
                 continue
             pg = r.get("pg_cpu_us_per_delivery", r.get("pg_cpu_us_per_delivery_incl_producer"))
             rows.append([s + (f"#{r['run']}" if r.get("run", 1) > 1 else ""), fmt(r.get("k")), fmt(r.get("changes")),
@@ -1707,6 +1745,9 @@ unset multiplot
         nginx = [r for r in self.results if r["scenario"] == "nginx-alone"]
         for r in nginx:
             lines.append(f"\nreceiver alone (nginx, {self.args.nginx_workers} worker, {r['tool']}): {fmt(r.get('requests_per_s'), 0)} requests/s")
+        for r in [r for r in self.results if r["scenario"] == "sender-alone"]:
+            lines.append(f"sender alone (libcurl, {r['mode']}, {r['urls']} x {r['in_flight_per_url']} in flight): "
+                         f"{fmt(r.get('requests_per_s'), 0)} requests/s, {fmt(r.get('cpu_us_per_request'))} us CPU per request")
         producer = [r for r in self.results if r["scenario"] == "producer"]
         if producer:
             runs = max(r.get("run", 1) for r in producer)
@@ -1886,6 +1927,8 @@ def parse_args(argv):
     p.add_argument("--producer-capture", type=lambda v: [m for m in v.split(",") if m], default=["table", "logical"],
                    help="producer: capture modes to measure, table and/or logical (default table,logical)")
     p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
+    p.add_argument("--sender-requests", type=int, default=env_default("sender_requests", None, int),
+                   help="sender alone: requests per libcurl run (default 200000)")
     p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
     p.add_argument("--sub-max-in-flight", type=int, default=env_default("sub_max_in_flight", 64, int), help="subscriber add --max-in-flight (default 64)")
     p.add_argument("--relay-max-in-flight", type=int, default=env_default("relay_max_in_flight", 512, int), help="CONSENT_SYNC_RELAY_MAX_IN_FLIGHT (default 512)")
@@ -1908,10 +1951,10 @@ def parse_args(argv):
 
     full = dict(drain_changes=100000, live_rate=1000, live_seconds=30, maxlive_seconds=20, scaling_ks=[1, 3, 10, 30],
                 scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16], producer_runs=3,
-                nginx_seconds=5, profile_changes=50000, callgrind_changes=2000, stall_seconds=60, backlog_small_runs=3)
+                nginx_seconds=5, sender_requests=200000, profile_changes=50000, callgrind_changes=2000, stall_seconds=60, backlog_small_runs=3)
     smoke = dict(drain_changes=2000, live_rate=200, live_seconds=5, maxlive_seconds=5, scaling_ks=[1, 10],
                  scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4], producer_runs=1,
-                 nginx_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500,
+                 nginx_seconds=2, sender_requests=20000, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500,
                  backlog_small_runs=1)
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
@@ -1965,7 +2008,7 @@ def main(argv):
         if args.nice:
             bench.renice()
         log(f"results in {bench.out}; PostgreSQL {bench._pg_meta['version']}; binary {args.binary}")
-        order = ["nginx", "drain", "live", "plot", "maxlive", "scaling", "producer", "profile"]
+        order = ["nginx", "sender", "drain", "live", "plot", "maxlive", "scaling", "producer", "profile"]
         for name in [s for s in order if s in args.scenarios]:
             started = time.time()
             log(f"=== {name}")
