@@ -125,6 +125,12 @@ private func isASCIIDigit(_ byte: UInt8) -> Bool {
 
 /// RFC 9110 `tchar`.
 private func isTokenCharacter(_ byte: UInt8) -> Bool {
-    if isASCIILetter(byte) || isASCIIDigit(byte) { return true }
-    return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"): true
+    // ! # $ % & ' * + - . ^ _ ` | ~ (checked per header byte of every request: no string scan)
+    case UInt8(ascii: "!"), UInt8(ascii: "#")...UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"),
+        UInt8(ascii: "."), UInt8(ascii: "^")...UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+        true
+    default: false
+    }
 }

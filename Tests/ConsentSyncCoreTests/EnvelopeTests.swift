@@ -37,6 +37,27 @@ import Testing
         #expect((data["attributes"] as? [String: Any])?["channel"] as? String == "web")
     }
 
+    @Test(arguments: [
+        "", "plain", "\"", "\\", "\"at the start", "at the end\n", "in \"the\" middle", "\u{1}\u{1f}\u{7f}\t\r",
+        "caf\u{e9} \u{1F600} \u{2028}", "two\n\nin a row",
+    ])
+    func stringsComeBackAsTheyWere(_ subject: String) throws {
+        var change = change
+        change.subject = subject
+        let body = EventEnvelope(source: "s").body(for: change)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
+        #expect(object["subject"] as? String == subject)
+        // Control characters and DEL never appear raw in the body.
+        #expect(!body.contains { $0 < 0x20 || $0 == 0x7F })
+    }
+
+    @Test func timestampsPadEveryField() {
+        #expect(UTCTimestamp.format(seconds: 0, fraction: 5, digits: 6) == "1970-01-01T00:00:00.000005Z")
+        #expect(UTCTimestamp.format(seconds: 3_661, fraction: 42, digits: 3) == "1970-01-01T01:01:01.042Z")
+        #expect(UTCTimestamp.format(seconds: -1, fraction: 999, digits: 3) == "1969-12-31T23:59:59.999Z")
+        #expect(UTCTimestamp.format(seconds: 253_402_300_800, fraction: 0, digits: 6) == "10000-01-01T00:00:00.000000Z")
+    }
+
     @Test func sequenceComparesAsText() {
         var earlier = change
         earlier.id = 9

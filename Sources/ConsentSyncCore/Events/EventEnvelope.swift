@@ -13,6 +13,7 @@ public struct EventEnvelope: Sendable {
 
     /// The JSON body for a change. The same bytes go to every subscriber.
     public func body(for change: ConsentChange) -> [UInt8] {
+        let time = Self.timestamp(change.changedAt)
         var json = JSONWriter()
         json.beginObject()
         json.field("specversion", "1.0")
@@ -20,7 +21,7 @@ public struct EventEnvelope: Sendable {
         json.field("source", source)
         json.field("type", change.eventType)
         json.field("subject", change.subject)
-        json.field("time", Self.timestamp(change.changedAt))
+        json.field("time", time)
         json.field("datacontenttype", "application/json")
         json.field("sequence", change.sequence)
         json.field("partitionkey", change.subject)
@@ -31,7 +32,7 @@ public struct EventEnvelope: Sendable {
         json.field("status", change.status)
         json.field("previous_status", change.previousStatus)
         json.field("source", change.source)
-        json.field("changed_at", Self.timestamp(change.changedAt))
+        json.field("changed_at", time)
         json.field("sequence", change.sequence)
         json.field("operation", change.operation.rawValue)
         json.field("table", change.table)

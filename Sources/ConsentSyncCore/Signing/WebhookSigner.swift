@@ -12,7 +12,11 @@ public enum WebhookSigner {
 
     static func sign(id: String, timestamp: Int64, body: [UInt8], secret: SigningSecret) -> String {
         var mac = secret.keyed
-        mac.update(data: Array("\(id).\(timestamp).".utf8))
+        var prefix = id
+        prefix += "."
+        prefix += String(timestamp)
+        prefix += "."
+        prefix.withUTF8 { mac.update(data: UnsafeRawBufferPointer($0)) }
         mac.update(data: body)
         return Data(mac.finalize()).base64EncodedString()
     }

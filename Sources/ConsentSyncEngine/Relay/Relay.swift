@@ -856,7 +856,9 @@ public final class Relay: Service {
             outcome = .transportError(message: error.description, retryable: error.isRetryable)
         }
         let duration = ContinuousClock.now - clock
-        metrics.attemptDuration(subscriber: subscriber.name, duration)
+        // Looked up once for the common path: each lookup hashes the subscriber's name under a lock.
+        let counters = metrics.handles(for: subscriber.name)
+        counters.attempted(in: duration)
 
         let policy = subscriber.limits.retryPolicy(from: configuration.retry)
         var decision = policy.decide(outcome, attempt: delivery.retryAttempt, age: delivery.age + duration)
@@ -875,8 +877,7 @@ public final class Relay: Service {
         switch decision {
         case .delivered:
             logger.debug("delivered", metadata: metadata(outcomeMetadata))
-            metrics.delivery(subscriber: subscriber.name, outcome: "delivered")
-            metrics.commitToAcknowledgement(subscriber: subscriber.name, .milliseconds(Int64(Date().timeIntervalSince(delivery.change.changedAt) * 1000)))
+            counters.delivered(sinceCommit: .milliseconds(Int64(Date().timeIntervalSince(delivery.change.changedAt) * 1000)))
             record = .init(delivery, verdict: .delivered, status: status, error: nil, excerpt: excerpt, startedAt: startedAt, duration: duration)
         case .retry(let after):
             var extra = outcomeMetadata

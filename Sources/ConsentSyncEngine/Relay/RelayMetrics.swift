@@ -33,17 +33,13 @@ struct RelayMetrics: Sendable {
 
     func expired(_ leases: Int) { leasesExpired.increment(by: leases) }
 
+    /// One subscriber's per-delivery metrics, for a caller that records several of them.
+    func handles(for subscriber: String) -> SubscriberHandles {
+        perSubscriber.handles(for: subscriber)
+    }
+
     func delivery(subscriber: String, outcome: String) {
         perSubscriber.handles(for: subscriber).deliveries(outcome).increment()
-    }
-
-    func attemptDuration(subscriber: String, _ duration: Duration) {
-        perSubscriber.handles(for: subscriber).attemptDuration.recordNanoseconds(duration.nanoseconds)
-    }
-
-    /// From the change's capture (in the application's transaction) to the receiver's 2xx.
-    func commitToAcknowledgement(subscriber: String, _ duration: Duration) {
-        perSubscriber.handles(for: subscriber).lag.recordNanoseconds(duration.nanoseconds)
     }
 
     /// Logical capture: the WAL the replication slot holds (0 without a slot), and whether it was lost.
@@ -110,6 +106,16 @@ struct SubscriberHandles: Sendable {
         dead = deliveries("dead")
         attemptDuration = Timer(label: "consent_sync_attempt_duration_seconds", dimensions: [("subscriber", subscriber)], factory: factory)
         lag = Timer(label: "consent_sync_delivery_lag_seconds", dimensions: [("subscriber", subscriber)], factory: factory)
+    }
+
+    func attempted(in duration: Duration) {
+        attemptDuration.recordNanoseconds(duration.nanoseconds)
+    }
+
+    /// `sinceCommit`: from the change's capture (in the application's transaction) to the receiver's 2xx.
+    func delivered(sinceCommit: Duration) {
+        delivered.increment()
+        lag.recordNanoseconds(sinceCommit.nanoseconds)
     }
 
     func deliveries(_ outcome: String) -> Counter {

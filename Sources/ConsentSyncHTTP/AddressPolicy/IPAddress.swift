@@ -25,15 +25,25 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
     /// Parses a numeric address such as "10.0.0.1", "::1" or "::ffff:127.0.0.1".
     /// Returns nil for anything else (host names, brackets, zones, "127.1").
     public init?(_ text: some StringProtocol) {
-        var bytes = [UInt8](repeating: 0, count: 16)
-        let string = String(text)
-        if !string.contains(":"), inet_pton(AF_INET, string, &bytes) == 1 {
-            self.init(bytes: bytes.prefix(4))
-        } else if inet_pton(AF_INET6, string, &bytes) == 1 {
-            self.init(bytes: bytes)
-        } else {
+        guard let address = String(text).withCString({ IPAddress(cString: $0) }) else { return nil }
+        self = address
+    }
+
+    /// Parses a NUL-terminated string (libcurl's, before each request) in place, without a
+    /// Swift string or array in between.
+    init?(cString: UnsafePointer<CChar>) {
+        let parsed = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { buffer -> IPAddress? in
+            guard let base = buffer.baseAddress else { return nil }
+            if inet_pton(AF_INET, cString, base) == 1 {
+                return IPAddress(bytes: UnsafeBufferPointer(start: base, count: 4))
+            }
+            if inet_pton(AF_INET6, cString, base) == 1 {
+                return IPAddress(bytes: UnsafeBufferPointer(start: base, count: 16))
+            }
             return nil
         }
+        guard let parsed else { return nil }
+        self = parsed
     }
 
     /// An address from its network-order bytes: 4 for IPv4, 16 for IPv6.

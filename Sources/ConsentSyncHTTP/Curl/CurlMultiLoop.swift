@@ -20,6 +20,8 @@ final class CurlMultiLoop: @unchecked Sendable {
     private let shared = Mutex(Shared())
     private let exited = DispatchGroup()
     private let configuration: HTTPClient.Configuration
+    /// ``HTTPClient/Configuration/curlProtocols``, built once rather than for every request.
+    private let protocols: String
     private let logger: Logger
 
     private struct Shared {
@@ -44,6 +46,7 @@ final class CurlMultiLoop: @unchecked Sendable {
         }
         self.multi = multi
         self.configuration = configuration
+        self.protocols = configuration.curlProtocols
         self.logger = logger
         let perHost = max(1, configuration.maxConnectionsPerHost)
         let total = max(perHost, configuration.maxTotalConnections)
@@ -155,7 +158,7 @@ final class CurlMultiLoop: @unchecked Sendable {
                     continue
                 }
                 do throws(HTTPClientError) {
-                    let transfer = try CurlTransfer(pending: pending, easy: easy, configuration: self.configuration)
+                    let transfer = try CurlTransfer(pending: pending, easy: easy, configuration: self.configuration, protocols: self.protocols)
                     let code = curl_multi_add_handle(self.multi, easy)
                     guard code == CURLM_OK else {
                         throw HTTPClientError(

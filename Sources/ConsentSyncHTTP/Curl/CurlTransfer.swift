@@ -44,7 +44,10 @@ final class CurlTransfer {
     /// Creates the easy handle and sets every option; throws when libcurl
     /// rejects one (an old libcurl without `CURLOPT_PROTOCOLS_STR`, say) so a
     /// request never runs with a protection missing.
-    init(pending: PendingRequest, easy: UnsafeMutableRawPointer, configuration: HTTPClient.Configuration) throws(HTTPClientError) {
+    /// `protocols`: the configuration's ``HTTPClient/Configuration/curlProtocols``.
+    init(
+        pending: PendingRequest, easy: UnsafeMutableRawPointer, configuration: HTTPClient.Configuration, protocols: String
+    ) throws(HTTPClientError) {
         self.pending = pending
         self.easy = easy
         self.errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE))
@@ -53,7 +56,7 @@ final class CurlTransfer {
         self.maxResponseHeaderBytes = configuration.maxResponseHeaderBytes
         self.addressPolicy = configuration.proxy == nil ? pending.addressPolicy : nil
         self.connectOnlyToLoopback = configuration.connectOnlyToLoopback
-        try self.configure(pending.request, configuration)
+        try self.configure(pending.request, configuration, protocols: protocols)
     }
 
     deinit {
@@ -64,10 +67,9 @@ final class CurlTransfer {
 
     // MARK: Options
 
-    private func configure(_ request: HTTPRequest, _ configuration: HTTPClient.Configuration) throws(HTTPClientError) {
+    private func configure(_ request: HTTPRequest, _ configuration: HTTPClient.Configuration, protocols: String) throws(HTTPClientError) {
         try self.set("ERRORBUFFER", ccurl_easy_setopt_pointer(self.easy, CURLOPT_ERRORBUFFER, self.errorBuffer))
         try self.set("URL", ccurl_easy_setopt_string(self.easy, CURLOPT_URL, request.url))
-        let protocols = configuration.curlProtocols
         try self.set("PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_PROTOCOLS_STR, protocols))
         try self.set("REDIR_PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_REDIR_PROTOCOLS_STR, protocols))
         try self.set("FOLLOWLOCATION", ccurl_easy_setopt_long(self.easy, CURLOPT_FOLLOWLOCATION, 0))
@@ -150,19 +152,17 @@ final class CurlTransfer {
     }
 
     private func configureHeaders(_ headers: [HTTPHeader], sendsBody: Bool) throws(HTTPClientError) {
-        var lines: [String] = []
         // "Name:" with nothing after it removes a header libcurl would add by itself.
         if !headers.contains(where: { $0.name.equalsIgnoringASCIICase("Expect") }) {
-            lines.append("Expect:")  // no 100-continue round trip
+            try self.append("Expect:", to: &self.headerList)  // no 100-continue round trip
         }
         if sendsBody, !headers.contains(where: { $0.name.equalsIgnoringASCIICase("Content-Type") }) {
-            lines.append("Content-Type:")  // not libcurl's application/x-www-form-urlencoded
+            try self.append("Content-Type:", to: &self.headerList)  // not libcurl's application/x-www-form-urlencoded
         }
         for header in headers {
             // "Name;" is libcurl's spelling of a header with an empty value.
-            lines.append(header.value.isEmpty ? "\(header.name);" : "\(header.name): \(header.value)")
+            try self.append(header.value.isEmpty ? header.name + ";" : header.name + ": " + header.value, to: &self.headerList)
         }
-        try self.appendLines(lines, to: &self.headerList)
         try self.set("HTTPHEADER", ccurl_easy_setopt_slist(self.easy, CURLOPT_HTTPHEADER, self.headerList))
     }
 
@@ -207,8 +207,7 @@ final class CurlTransfer {
                 ccurl_easy_setopt_prereq_function(self.easy) { userdata, primaryIP, _, _, _ in
                     guard let userdata else { return CInt(CURL_PREREQFUNC_ABORT) }
                     let transfer = Unmanaged<CurlTransfer>.fromOpaque(userdata).takeUnretainedValue()
-                    let text = primaryIP.map { String(cString: $0) } ?? ""
-                    return transfer.mayRequest(onConnectionTo: text) ? CInt(CURL_PREREQFUNC_OK) : CInt(CURL_PREREQFUNC_ABORT)
+                    return transfer.mayRequest(onConnectionTo: primaryIP) ? CInt(CURL_PREREQFUNC_OK) : CInt(CURL_PREREQFUNC_ABORT)
                 }
             )
         }
@@ -216,11 +215,15 @@ final class CurlTransfer {
 
     private func appendLines(_ lines: [String], to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
         for line in lines {
-            guard let appended = curl_slist_append(list, line) else {
-                throw HTTPClientError(code: .other, message: "curl_slist_append failed (out of memory?)")
-            }
-            list = appended
+            try self.append(line, to: &list)
         }
+    }
+
+    private func append(_ line: String, to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
+        guard let appended = curl_slist_append(list, line) else {
+            throw HTTPClientError(code: .other, message: "curl_slist_append failed (out of memory?)")
+        }
+        list = appended
     }
 
     private func set(_ option: String, _ code: CURLcode) throws(HTTPClientError) {
@@ -276,10 +279,10 @@ final class CurlTransfer {
 
     /// CURLOPT_PREREQFUNCTION: runs before each request, on new and reused
     /// connections alike, with the address the connection goes to.
-    private func mayRequest(onConnectionTo primaryIP: String) -> Bool {
+    private func mayRequest(onConnectionTo primaryIP: UnsafeMutablePointer<CChar>?) -> Bool {
         guard let policy = self.addressPolicy else { return true }
-        guard let ip = IPAddress(primaryIP) else {
-            self.checks.unreadableAddress = "'\(primaryIP)'"
+        guard let primaryIP, let ip = IPAddress(cString: primaryIP) else {
+            self.checks.unreadableAddress = "'\(primaryIP.map { String(cString: $0) } ?? "")'"
             return false
         }
         if case .refused(let refusal) = policy.verdict(for: ip) {
