@@ -9,6 +9,8 @@ library only.
 Scenarios (each checks itself: every change reached every subscriber exactly once, and per
 subject each receiver saw the changes in change-id order; a failure makes the exit status 1):
   nginx     the receiver alone under wrk: it must not be the bottleneck
+  sender    the sender alone: curl-floor.c (libcurl, the daemon's request shape, no database);
+            its CPU per request is a floor for the daemon's per delivery
   drain     N changes committed while the daemon is stopped, K subscribers; start it; time to deliver all
   live      producer (pgbench --rate) at R changes/s for D s; commit-to-receipt latency, backlog
   maxlive   producer as fast as it can (several connections); both rates and the latency

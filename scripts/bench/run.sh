@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# consent-sync benchmark (issue 7): drain, live latency, max live, scaling, producer cost, plot.
+# consent-sync benchmark (issue 7): the receiver and the sender alone, drain, live latency, max
+# live, scaling, producer cost, plot.
 #
 #   scripts/bench/run.sh                 # every scenario with the defaults (takes a while)
 #   scripts/bench/run.sh --smoke         # small version for CI: exits non-zero on a failed self-check
