@@ -14,12 +14,12 @@ struct TLSTests {
                     clientCertificatePath: certificates.path("client-a.pem"),
                     clientKeyPath: certificates.path("client-a.key")
                 )
-                let response = try await client.send(HTTPRequest(url: receiver.url, body: Array("{}".utf8), tls: tls))
+                let response = try await client.send(tlsRequest(receiver.url, body: Array("{}".utf8), tls: tls))
                 #expect(response.status == 200)
                 #expect(response.body == Array("client-a".utf8))
                 // The certificate names localhost too.
                 let byName = try await client.send(
-                    HTTPRequest(url: "https://localhost:\(receiver.port)/hook", tls: tls)
+                    tlsRequest("https://localhost:\(receiver.port)/hook", tls: tls)
                 )
                 #expect(byName.status == 200)
             }
@@ -31,7 +31,7 @@ struct TLSTests {
         try await withTLSReceiver { receiver, certificates in
             try await withClient { client in
                 let error = await httpError {
-                    try await client.send(HTTPRequest(url: receiver.url, tls: TLSOptions(caBundlePath: certificates.path("ca.pem"))))
+                    try await client.send(tlsRequest(receiver.url, tls: TLSOptions(caBundlePath: certificates.path("ca.pem"))))
                 }
                 #expect(error?.code == .tlsFailed, "\(error.map { "\($0) (curl \($0.curlCode))" } ?? "no error")")
                 #expect(error?.isRetryable == true)
@@ -41,7 +41,7 @@ struct TLSTests {
                     clientCertificatePath: certificates.path("rogue.pem"),
                     clientKeyPath: certificates.path("rogue.key")
                 )
-                let untrusted = await httpError { try await client.send(HTTPRequest(url: receiver.url, tls: rogue)) }
+                let untrusted = await httpError { try await client.send(tlsRequest(receiver.url, tls: rogue)) }
                 #expect(untrusted?.code == .tlsFailed, "\(untrusted.map { "\($0) (curl \($0.curlCode))" } ?? "no error")")
             }
         }
@@ -54,12 +54,12 @@ struct TLSTests {
                 let identity = (certificates.path("client-a.pem"), certificates.path("client-a.key"))
                 for caBundle in [nil, certificates.path("rogue-ca.pem")] {
                     let tls = TLSOptions(caBundlePath: caBundle, clientCertificatePath: identity.0, clientKeyPath: identity.1)
-                    let error = await httpError { try await client.send(HTTPRequest(url: receiver.url, tls: tls)) }
+                    let error = await httpError { try await client.send(tlsRequest(receiver.url, tls: tls)) }
                     #expect(error?.code == .tlsFailed)
                     #expect(error?.curlCode == 60)  // CURLE_PEER_FAILED_VERIFICATION
                 }
-                var wrongName = HTTPRequest(
-                    url: "https://wrong-name.test:\(receiver.port)/hook",
+                var wrongName = tlsRequest(
+                    "https://wrong-name.test:\(receiver.port)/hook",
                     tls: TLSOptions(caBundlePath: certificates.path("ca.pem"), clientCertificatePath: identity.0, clientKeyPath: identity.1)
                 )
                 wrongName.resolveOverrides = ["wrong-name.test:\(receiver.port):127.0.0.1"]
@@ -82,24 +82,24 @@ struct TLSTests {
                         clientKeyPath: name.map { certificates.path("\($0).key") }
                     )
                 }
-                let first = try await client.send(HTTPRequest(url: receiver.url, tls: options("client-a")))
+                let first = try await client.send(tlsRequest(receiver.url, tls: options("client-a")))
                 #expect(first.body == Array("client-a".utf8))
                 #expect(first.newConnections == 1)
                 // Same identity: the kept-alive connection is reused, so reuse is possible here.
-                let again = try await client.send(HTTPRequest(url: receiver.url, tls: options("client-a")))
+                let again = try await client.send(tlsRequest(receiver.url, tls: options("client-a")))
                 #expect(again.body == Array("client-a".utf8))
                 #expect(again.newConnections == 0)
 
                 // No certificate: must not ride on client-a's connection, so it fails.
-                let anonymous = await httpError { try await client.send(HTTPRequest(url: receiver.url, tls: options(nil))) }
+                let anonymous = await httpError { try await client.send(tlsRequest(receiver.url, tls: options(nil))) }
                 #expect(anonymous?.code == .tlsFailed)
 
                 // Another certificate: a new connection, presenting client-b.
-                let other = try await client.send(HTTPRequest(url: receiver.url, tls: options("client-b")))
+                let other = try await client.send(tlsRequest(receiver.url, tls: options("client-b")))
                 #expect(other.body == Array("client-b".utf8))
                 #expect(other.newConnections == 1)
 
-                let back = try await client.send(HTTPRequest(url: receiver.url, tls: options("client-a")))
+                let back = try await client.send(tlsRequest(receiver.url, tls: options("client-a")))
                 #expect(back.body == Array("client-a".utf8))
             }
         }
@@ -112,7 +112,7 @@ struct TLSTests {
     ])
     func invalidOptions(tls: TLSOptions) async throws {
         try await withClient { client in
-            let error = await httpError { try await client.send(HTTPRequest(url: "https://127.0.0.1:1/", tls: tls)) }
+            let error = await httpError { try await client.send(tlsRequest("https://127.0.0.1:1/", tls: tls)) }
             #expect(error?.code == .invalidRequest)
             #expect(error?.isRetryable == false)
         }
@@ -126,13 +126,21 @@ struct TLSTests {
                     caBundlePath: certificates.path("ca.pem"),
                     clientCertificatePath: certificates.path("missing.pem")
                 )
-                let error = await httpError { try await client.send(HTTPRequest(url: receiver.url, tls: tls)) }
+                let error = await httpError { try await client.send(tlsRequest(receiver.url, tls: tls)) }
                 #expect(error?.code == .tlsFailed)
                 #expect(error?.curlCode == 58)  // CURLE_SSL_CERTPROBLEM
                 #expect(error?.message.contains("missing.pem") == true)
             }
         }
     }
+}
+
+/// A request with room for a loaded machine: these tests check what fails and why, not how
+/// fast. With the default 10 s, a handshake with the Python receiver once timed out while the
+/// whole suite was starting in parallel (CI, 14:40), failing the test with curl's 28 instead
+/// of the verification error it checks.
+private func tlsRequest(_ url: String, body: [UInt8] = [], tls: TLSOptions?) -> HTTPRequest {
+    HTTPRequest(url: url, body: body, timeout: .seconds(60), connectTimeout: .seconds(60), tls: tls)
 }
 
 extension TLSOptions: CustomTestStringConvertible {
