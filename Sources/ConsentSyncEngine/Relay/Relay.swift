@@ -28,7 +28,8 @@ public final class Relay: Service {
     public let instanceID = UUID()
     private let doorbell = Doorbell()
     private let finished = Mutex<[AttemptRecord]>([])
-    /// Deliveries this instance is sending now, with their lease length: the janitor renews them.
+    /// Deliveries this instance is sending now, with their lease length: the janitor renews them,
+    /// and `takeBackOwnLeases` leaves them alone.
     private let leased = Mutex<[Int64: Duration]>([:])
     /// The requests of those deliveries not answered yet: what a drain out of time cancels.
     private let outstanding = Mutex<[Int64: HTTPRequestHandle]>([:])
@@ -227,7 +228,8 @@ public final class Relay: Service {
                 if !renewals.isEmpty {
                     try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
                 }
-                let expired = try await DeliveryStore.expireLeases(on: live)
+                // Other instances' only: see `takeBackOwnLeases`.
+                let expired = try await DeliveryStore.expireLeases(.ofOthers(than: instanceID), on: live)
                 if expired > 0 {
                     logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
                     metrics.expired(expired)
@@ -304,6 +306,7 @@ public final class Relay: Service {
         var installationID = ""
         /// This instance told the database it is idle (so the trigger NOTIFYs it).
         var armed = false
+        var ownLeasesCheckedAt = ContinuousClock.now
 
         while !stopping.load(ordering: .relaxed) && !Task.isCancelled {
             do {
@@ -332,14 +335,23 @@ public final class Relay: Service {
                     subscribersLoadedAt = .now
                 }
 
+                if ContinuousClock.now - ownLeasesCheckedAt >= configuration.janitorInterval {
+                    ownLeasesCheckedAt = .now
+                    try await takeBackOwnLeases(on: db)
+                }
+
                 // One round trip: write back what finished, fan out one batch, claim. One
                 // batch per round, then claim: draining the whole outbox first let a steady
                 // stream of writes starve delivery (found by the benchmark). A full batch
                 // counts as work, so the next round comes at once.
                 let lease = (subscribers.values.map(\.limits.timeout).max() ?? .seconds(10)) + configuration.leaseMargin
+                let roundStarted = ContinuousClock.now
                 let round = try await runRound(&state, subscribers: subscribers, lease: lease, configuration: configuration, on: db)
                 let fannedOutTotal = round.fannedOut
-                let claimed = round.claimed
+                var claimed = round.claimed
+                if !claimed.isEmpty && ContinuousClock.now - roundStarted > configuration.leaseMargin / 2 {
+                    claimed = try await keepLeases(of: claimed, lease: lease, roundTook: ContinuousClock.now - roundStarted, on: db)
+                }
                 metrics.fannedOut(fannedOutTotal)
                 var bodies: [Int64: [UInt8]] = [:]
                 let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
@@ -375,7 +387,7 @@ public final class Relay: Service {
                     $0.inFlight = inFlight
                     $0.subscribers = known
                 }
-                let idle = claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
+                let idle = round.claimed.isEmpty && fannedOutTotal == 0 && finished.withLock({ $0.isEmpty })
                 if idle && round.heldBack {
                     // This round claimed nothing for a subscriber whose failures it wrote, though
                     // it may have work due (another subject's): claim it now, not at the next wake.
@@ -465,6 +477,33 @@ public final class Relay: Service {
             await leftover?.close()
         }.value
         logger.info("relay stopped")
+    }
+
+    /// After a round slow enough that another instance may have taken back what it claimed (its
+    /// lease began when the round did): renews those leases and returns the deliveries still
+    /// this instance's, so that none is sent by two instances at once, or twice by this one.
+    /// Those lost are someone else's now, or pending again.
+    private func keepLeases(of claimed: [ClaimedDelivery], lease: Duration, roundTook: Duration, on db: PostgresConnection) async throws -> [ClaimedDelivery] {
+        let kept = try await DeliveryStore.keepLeases(owner: instanceID, of: claimed, lease: lease, on: db)
+        if kept.count < claimed.count {
+            logger.warning("a slow round lost leases before sending; left to whoever holds them now", metadata: [
+                "round_ms": "\(roundTook.milliseconds)", "lost": "\(claimed.count - kept.count)",
+            ])
+        }
+        return kept
+    }
+
+    /// Takes back this instance's own leases that ran out on deliveries it no longer works on
+    /// (a claim or hand-over whose answer it lost or could not read, a result it could not
+    /// write), so that they are sent again. Only here, between rounds: during one, a claimed
+    /// delivery is leased before it is known here, and the round may stall past its lease.
+    private func takeBackOwnLeases(on db: PostgresConnection) async throws {
+        let workingOn = leased.withLock { Array($0.keys) }
+        let expired = try await DeliveryStore.expireLeases(.ofOwn(instanceID, workingOn: workingOn), on: db)
+        if expired > 0 {
+            logger.warning("took back expired leases of its own", metadata: ["count": "\(expired)"])
+            metrics.expired(expired)
+        }
     }
 
     /// One round's statements in one pipeline: record the finished attempts (and track failures),

@@ -525,17 +525,39 @@ enum DeliveryStore {
         Set(try rows.map { try $0.int64("id") })
     }
 
-    /// Returns deliveries whose lease ran out (their instance died or lost the database)
-    /// to `pending`, logging the lost attempt.
+    /// Whose run-out leases ``expireLeases(_:limit:on:)`` takes back.
+    enum ExpiredLeases {
+        /// Every instance's but `instance`'s: the others died, or lost the database. An
+        /// instance's own leases may be of deliveries a round of its own has claimed and not yet
+        /// started (a round can stall for longer than a lease), so its janitor, which runs beside
+        /// its rounds, leaves them alone.
+        case ofOthers(than: UUID)
+        /// `instance`'s own, except those it still works on: claims whose answer it never read,
+        /// results it could not write. Taken back by its relay loop between rounds, when it has
+        /// no claim that it has not yet started.
+        case ofOwn(UUID, workingOn: [Int64])
+    }
+
+    /// Returns deliveries whose lease ran out to `pending`, logging the lost attempt.
     /// - Returns: how many were taken back.
-    static func expireLeases(limit: Int = 1000, on connection: PostgresConnection) async throws -> Int {
+    static func expireLeases(_ whose: ExpiredLeases, limit: Int = 1000, on connection: PostgresConnection) async throws -> Int {
+        let owners: String
+        var parameters = [String(limit)]
+        switch whose {
+        case .ofOthers(let instance):
+            owners = "lease_owner IS DISTINCT FROM $2::uuid"
+            parameters.append(instance.uuidString)
+        case .ofOwn(let instance, let workingOn):
+            owners = "lease_owner = $2::uuid AND id <> ALL ($3::bigint[])"
+            parameters += [instance.uuidString, postgresArray(workingOn.map(String.init))]
+        }
         let rows = try await connection.query(
             """
             WITH expired AS (
                 UPDATE consent_sync.deliveries SET state = 'pending', next_attempt_at = now(),
                        lease_owner = NULL, lease_expires_at = NULL, last_error = 'lease expired'
                 WHERE id = ANY (ARRAY(SELECT id FROM consent_sync.deliveries
-                                      WHERE state = 'in_flight' AND lease_expires_at < now()
+                                      WHERE state = 'in_flight' AND lease_expires_at < now() AND \(owners)
                                       ORDER BY lease_expires_at LIMIT $1::integer FOR UPDATE SKIP LOCKED))
                 RETURNING id, attempts, lease_expires_at
             ), logged AS (
@@ -545,7 +567,7 @@ enum DeliveryStore {
             )
             SELECT count(*) AS n FROM expired
             """,
-            [String(limit)]
+            parameters
         )
         return try rows.first?.int("n") ?? 0
     }
@@ -570,6 +592,25 @@ enum DeliveryStore {
                 [owner.uuidString, postgresArray(entries.map { String($0.key) }), String(length.seconds)]
             )
         }
+    }
+
+    /// Renews leases this instance has just claimed, before their requests start.
+    /// - Returns: the claims still this instance's, as the same attempt (a delivery taken back
+    ///   and claimed again in one round is there twice, and only its later claim is kept).
+    static func keepLeases(owner: UUID, of claimed: [ClaimedDelivery], lease: Duration, on connection: PostgresConnection) async throws -> [ClaimedDelivery] {
+        // No SKIP LOCKED, unlike the janitor's renewal: a row another session has locked (an
+        // expiry, say) is waited for and looked at again, never counted as lost while still ours.
+        let rows = try await connection.query(
+            """
+            UPDATE consent_sync.deliveries d SET lease_expires_at = now() + make_interval(secs => $4::double precision)
+            FROM unnest($2::bigint[], $3::integer[]) AS c(id, attempt)
+            WHERE d.id = c.id AND d.attempts = c.attempt AND d.state = 'in_flight' AND d.lease_owner = $1::uuid
+            RETURNING d.id, d.attempts
+            """,
+            [owner.uuidString, postgresArray(claimed.map { String($0.id) }), postgresArray(claimed.map { String($0.attempt) }), String(lease.seconds)]
+        )
+        let attempts = Dictionary(try rows.map { (try $0.int64("id"), try $0.int("attempts")) }, uniquingKeysWith: { first, _ in first })
+        return claimed.filter { attempts[$0.id] == $0.attempt }
     }
 
     /// Gives back leases this instance holds but will not finish (shutdown).
