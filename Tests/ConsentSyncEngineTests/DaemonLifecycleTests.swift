@@ -63,7 +63,7 @@ struct DaemonLifecycleTests {
             }
             try await receiver.waitForRequests(count: 3)
             first.signal(SIGTERM)
-            #expect(try await first.waitForExit(timeout: .seconds(10)) == 0)
+            #expect(try await first.waitForExit(timeout: .seconds(30)) == 0)
             // Nothing claimed is left behind: the interrupted requests are pending again.
             #expect(try await Self.counts(database) == ["pending": 3])
 
@@ -89,7 +89,7 @@ struct DaemonLifecycleTests {
             daemon.signal(SIGTERM)
             try await daemon.waitForLog("stopping: finishing requests in flight")
             daemon.signal(SIGTERM)
-            #expect(try await daemon.waitForExit(timeout: .seconds(10)) == 0)
+            #expect(try await daemon.waitForExit(timeout: .seconds(30)) == 0)
             #expect(try await Self.counts(database) == ["pending": 1])
         }
     }

@@ -3,7 +3,6 @@ import ConsentSyncCore
 import ConsentSyncPostgres
 import ConsentSyncTestKit
 import Foundation
-import Synchronization
 import Testing
 
 /// Leases against a real PostgreSQL: an instance never takes back what it still works on, and

@@ -22,10 +22,10 @@ struct WakeupTests {
                 #expect(try await database.withConnection(Self.idleFlag) == 1)
                 // Only a NOTIFY can deliver this within the test: the poll is an hour away.
                 try await ConsentWriter(database: database).set("idle-1", "email", .granted)
-                try await receiver.waitForRequests(count: 1, timeout: .seconds(10))
+                try await receiver.waitForRequests(count: 1, timeout: .seconds(60))
                 try await waitUntilIdle(database)  // idle again
                 try await ConsentWriter(database: database).set("idle-2", "email", .denied)
-                try await receiver.waitForRequests(count: 2, timeout: .seconds(10))
+                try await receiver.waitForRequests(count: 2, timeout: .seconds(60))
             }
             // A stopped daemon removes its row: nobody to notify, so writers do not.
             let rows = try await database.withConnection { try await $0.query("SELECT 1 FROM consent_sync.listeners") }
@@ -58,7 +58,7 @@ struct WakeupTests {
                     try await database.withConnection(Self.idleFlag) == 1
                 }
                 try await ConsentWriter(database: database).set("two-1", "email", .granted)
-                try await receiver.waitForRequests(count: 1, timeout: .seconds(10))
+                try await receiver.waitForRequests(count: 1, timeout: .seconds(60))
             }
             #expect(try await database.withConnection(Self.idleFlag) == 0)
         }

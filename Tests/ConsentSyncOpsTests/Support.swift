@@ -226,8 +226,9 @@ final class NotifySocket: Sendable {
         }
         try process.run()
         let socket = NotifySocket(path: path, process: process, stdin: stdin, inbox: inbox)
-        // The script's first line (empty) says the socket is bound.
-        try await waitUntil("the notification socket is bound", timeout: .seconds(10)) {
+        // The script's first line (empty) says the socket is bound. (Python took over 10 s to
+        // start in one CI run, with the whole suite starting beside it.)
+        try await waitUntil("the notification socket is bound", timeout: .seconds(60)) {
             inbox.state.withLock { !$0.datagrams.isEmpty } || !process.isRunning
         }
         guard process.isRunning else { throw TestFailure("python3 could not bind \(path)") }
