@@ -34,7 +34,7 @@ struct DispatchStateTests {
         while elapsed <= duration {
             for (id, count) in state.budgets(for: [subscriber], perRound: 1_000, now: start + elapsed) {
                 for _ in 0..<count {
-                    state.started(delivery(for: id))
+                    state.started(delivery(for: id), now: start + elapsed)
                     starts.append(elapsed)
                 }
             }
@@ -65,6 +65,22 @@ struct DispatchStateTests {
         #expect((48...52).contains(shared.count), "a third of it each: \(shared.count)")
     }
 
+    /// A round whose claim is slow spends its tokens as its requests start. The time the claim
+    /// took refills nothing past a full bucket, so the next round gets only what accrued since.
+    /// (A CI run once saw 27 requests start within a second at 10/s: a full bucket budgeted,
+    /// started 0.7 s later, and 7 more tokens credited for those 0.7 s.)
+    @Test func aSlowClaimEarnsNoTokensOnTopOfAFullBucket() {
+        var state = DispatchState(maxInFlight: 100)
+        let metered = Self.subscriber(1, maxInFlight: 100, rate: 10)
+        let first = state.budgets(for: [metered], perRound: 100, now: Self.start)
+        #expect(first.first?.count == 10, "a full bucket")
+        let startedAt = Self.start + .milliseconds(700)
+        for _ in 0..<10 { state.started(Self.delivery(for: 1), now: startedAt) }
+        #expect(state.budgets(for: [metered], perRound: 100, now: startedAt + .milliseconds(10)).isEmpty)
+        let later = state.budgets(for: [metered], perRound: 100, now: startedAt + .milliseconds(310))
+        #expect(later.first?.count == 3, "three tokens in the 310 ms since the burst started")
+    }
+
     @Test func aSlowRateStillSendsOneAtATime() {
         // Below one per second the bucket holds one token, not a fraction.
         let starts = Self.simulate(rate: 0.5, step: .milliseconds(50), for: .seconds(9))
@@ -92,7 +108,7 @@ struct DispatchStateTests {
         let metered = Self.subscriber(1, maxInFlight: 100, rate: 4)
         let budgets = state.budgets(for: [metered], perRound: 100, now: Self.start)
         #expect(budgets.first?.count == 4)
-        for _ in 0..<4 { state.started(Self.delivery(for: 1)) }
+        for _ in 0..<4 { state.started(Self.delivery(for: 1), now: Self.start) }
         #expect(state.nextWake(pollInterval: .seconds(5), now: Self.start) == .milliseconds(250))
     }
 

@@ -100,10 +100,11 @@ struct SubscriberHealthTests {
                 // The relay's own start times (taken as it hands each request to its task): the
                 // limiter decides those. Arrival times at the receiver bunch whenever this busy
                 // test process stalls it; a CI run once saw 23 arrive within a second that way.
-                // A stall of the relay's loop between taking tokens and starting requests bunches
-                // starts the same way, so the bound leaves room for half a second of it (10 + 10
-                // + 5); it still fails without a limit (all 30 at once) or at 1.5x the rate. The
-                // exact arithmetic is checked on its own in DispatchStateTests.
+                // The limiter spends each token as its request starts, so a slow claim does not
+                // bunch starts (before it did, a CI run saw 27 start within a second: see
+                // DispatchStateTests). The bound (10 + 10 + 5) leaves room for rounding and
+                // scheduling; it still fails without a limit (all 30 at once) or at 1.5x the
+                // rate. The exact arithmetic is checked on its own in DispatchStateTests.
                 let times = try await database.withConnection { connection in
                     try await connection.query(
                         "SELECT extract(epoch FROM started_at)::text AS t FROM consent_sync.attempts ORDER BY started_at"

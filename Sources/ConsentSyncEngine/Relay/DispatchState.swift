@@ -45,10 +45,14 @@ struct DispatchState {
         return result
     }
 
-    mutating func started(_ delivery: ClaimedDelivery) {
+    /// Takes a slot and, for a rate-limited subscriber, a token. The token is taken at `now`,
+    /// as the request starts, not when the round's budget was made: a claim that took long
+    /// must not count its own duration as refill on top of a full bucket, or a stalled round
+    /// sends a full burst and then most of another at once.
+    mutating func started(_ delivery: ClaimedDelivery, now: ContinuousClock.Instant = .now) {
         inFlight[delivery.subscriberID, default: 0] += 1
         inFlightTotal += 1
-        buckets[delivery.subscriberID]?.tokens -= 1
+        buckets[delivery.subscriberID]?.spend(now: now)
     }
 
     /// Holds a slot of `subscriberID` for a delivery that may be handed over to this instance
@@ -103,9 +107,15 @@ struct TokenBucket: Equatable {
 
     mutating func refill(rate: Double, now: ContinuousClock.Instant) {
         self.rate = rate
-        let elapsed = (now - updated).seconds
-        tokens = min(max(1, rate), tokens + elapsed * rate)
+        guard now > updated else { return }
+        tokens = min(max(1, rate), tokens + (now - updated).seconds * rate)
         updated = now
+    }
+
+    /// Spends one token at `now`, after counting the refill up to then.
+    mutating func spend(now: ContinuousClock.Instant) {
+        refill(rate: rate, now: now)
+        tokens -= 1
     }
 
     /// How long until `tokens` reaches 1.
