@@ -508,6 +508,49 @@ class Daemon:
         return code
 
 
+class Daemons:
+    """Several `consent-sync run` processes on one database (several instances at once, as in
+    production): started and stopped together; CPU summed, RSS the largest of them."""
+
+    def __init__(self, bench, db, logfile, count, wrapper=None):
+        stem, ext = os.path.splitext(logfile)
+        self.members = [Daemon(bench, db, logfile if i == 0 else f"{stem}-{i + 1}{ext}", wrapper=wrapper)
+                        for i in range(count)]
+
+    def start(self):
+        started = self.members[0].start()
+        for member in self.members[1:]:
+            member.start()
+        return started
+
+    @property
+    def pid(self):
+        return self.members[0].pid
+
+    @property
+    def peak_rss_kib(self):
+        return max(member.peak_rss_kib for member in self.members)
+
+    def check_alive(self):
+        for member in self.members:
+            member.check_alive()
+
+    def tail(self, lines=30):
+        return self.members[0].tail(lines)
+
+    def cpu(self):
+        values = [member.cpu() for member in self.members]
+        return None if any(v is None for v in values) else sum(values)
+
+    def rss(self):
+        values = [member.rss() for member in self.members]
+        return max((v for v in values if v is not None), default=None)
+
+    def stop(self, timeout=40.0):
+        codes = [member.stop(timeout=timeout) for member in self.members]
+        return next((c for c in codes if c not in (0, None, -signal.SIGTERM)), codes[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # the producer: real transactions on consent_sync.consents (INSERT ... ON CONFLICT DO UPDATE of
 # status), many subjects and purposes; every upsert changes the status (granted -> denied ->
@@ -1001,7 +1044,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if statements:
                 self.reset_statement_statistics(db)
             xact0 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
-            daemon = Daemon(self, db, os.path.join(self.out, f"daemon-{db}.log"), wrapper=wrapper)
+            daemon = Daemons(self, db, os.path.join(self.out, f"daemon-{db}.log"), self.args.instances, wrapper=wrapper)
             watch = Stopwatch(self, daemon, nginx)
             before = watch.sample()
             before["daemon"] = 0.0
@@ -1043,7 +1086,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 lo, hi = receipts[int(n * 0.1)], receipts[int(n * 0.9)]
                 middle = (int(n * 0.9) - int(n * 0.1)) / (hi - lo) if hi > lo else None
             result = {
-                "scenario": label, "k": k, "changes": total, "deliveries": n, "fill_seconds": round(fill_seconds, 2),
+                "scenario": label, "k": k, "instances": self.args.instances, "changes": total, "deliveries": n, "fill_seconds": round(fill_seconds, 2),
                 "history_changes": history, "complete": complete,
                 "seconds": round(elapsed, 3) if elapsed else None,
                 "deliveries_per_s": round(n / elapsed, 1) if elapsed else None,
@@ -1933,6 +1976,8 @@ def parse_args(argv):
                    help="sender alone: requests per libcurl run (default 200000)")
     p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
     p.add_argument("--sub-max-in-flight", type=int, default=env_default("sub_max_in_flight", 64, int), help="subscriber add --max-in-flight (default 64)")
+    p.add_argument("--instances", type=int, default=env_default("instances", 1, int),
+                   help="daemons draining one database at once in drain, scaling and backlog (default 1); CPU is their sum")
     p.add_argument("--relay-max-in-flight", type=int, default=env_default("relay_max_in_flight", 512, int), help="CONSENT_SYNC_RELAY_MAX_IN_FLIGHT (default 512)")
     p.add_argument("--daemon-env", action="append", default=[], metavar="CONSENT_SYNC_KEY=VALUE",
                    help="extra setting for the daemon (repeatable), e.g. CONSENT_SYNC_RELAY_CLAIM_BATCH_SIZE=200")
