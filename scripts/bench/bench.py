@@ -2014,6 +2014,8 @@ def parse_args(argv):
         args.scenarios.append("profile")
     if not args.binary:
         p.error("no consent-sync binary: set BENCH_BINARY or --binary (run.sh builds it)")
+    if not 1 <= args.instances <= 16:
+        p.error(f"--instances {args.instances}: expected 1 to 16 daemons")
     for item in args.daemon_env:
         if not item.startswith("CONSENT_SYNC_") or "=" not in item:
             p.error(f"--daemon-env {item!r}: expected CONSENT_SYNC_KEY=VALUE")
