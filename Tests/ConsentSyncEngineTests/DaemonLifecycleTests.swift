@@ -94,6 +94,28 @@ struct DaemonLifecycleTests {
         }
     }
 
+    /// A round's requests are started on a queue of their own while the loop goes on; a stop
+    /// must still find every one of them, cut it short and write it back, not leave a lease
+    /// behind that only its expiry would give back.
+    @Test func aStopWithNoTimeToDrainLeavesNothingInFlight() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start { _ in .hang }
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("hanging", url: receiver.url, limits: .init(maxInFlight: 100, timeout: .seconds(60)), on: database)
+            try await database.withConnection { connection in
+                for index in 0..<100 {
+                    try await ConsentWriter.set("n\(index)", "email", .granted, on: connection)
+                }
+            }
+            let daemon = try DaemonProcess(["run"], environment: Self.environment(database, ["CONSENT_SYNC_RELAY_DRAIN_TIMEOUT_MS": "0"]))
+            try await receiver.waitForRequests(count: 1)
+            daemon.signal(SIGTERM)
+            #expect(try await daemon.waitForExit(timeout: .seconds(30)) == 0)
+            let counts = try await Self.counts(database)
+            #expect(counts == ["pending": 100], "after a stop with no time to drain: \(counts)")
+        }
+    }
+
     @Test func theDaemonWaitsForADatabaseThatIsNotThereYet() async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start()

@@ -27,6 +27,9 @@ public final class Relay: Service {
     /// This process's identity in leases.
     public let instanceID = UUID()
     private let doorbell = Doorbell()
+    /// Builds, signs and starts each round's requests (``startAll``), one round after another,
+    /// while the relay loop goes on to its next round trip.
+    private let sending = DispatchQueue(label: "consent-sync.relay.sending")
     private let finished = Mutex<[AttemptRecord]>([])
     /// Deliveries this instance is sending now, with their lease length: the janitor renews them,
     /// and `takeBackOwnLeases` leaves them alone.
@@ -353,8 +356,14 @@ public final class Relay: Service {
                     claimed = try await keepLeases(of: claimed, lease: lease, roundTook: ContinuousClock.now - roundStarted, on: db)
                 }
                 metrics.fannedOut(fannedOutTotal)
-                var bodies: [Int64: [UInt8]] = [:]
-                let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
+                // Each claimed delivery takes its slot and its lease here. Its request is built,
+                // signed and started on the sending queue, so that this loop's next round trip
+                // runs meanwhile (see ``startAll``); but a rate-limited subscriber's start here,
+                // at the instant each spends its token, so that no delay in that queue bunches
+                // two rounds' requests together.
+                var batch: [(ClaimedDelivery, Subscriber)] = []
+                var paced: [(ClaimedDelivery, Subscriber)] = []
+                batch.reserveCapacity(claimed.count)
                 for delivery in claimed {
                     guard let subscriber = subscribers[delivery.subscriberID] else {
                         // Added since the last refresh: fetch it next round; give the claim back now.
@@ -362,21 +371,24 @@ public final class Relay: Service {
                         subscribersLoadedAt = ContinuousClock.now - .seconds(3600)
                         continue
                     }
-                    let body: [UInt8]
-                    if subscriber.needsOwnBody {
-                        // Fewer attributes or a pseudonymous subject id: its own bytes.
-                        body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
-                    } else {
-                        body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
-                        bodies[delivery.change.id] = body
-                    }
-                    state.started(delivery)
                     leased.withLock { $0[delivery.id] = lease }
-                    let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
-                    let webhookID = webhookIDPrefix + String(delivery.id)
-                    let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
-                    // The attempt starts now, as it takes its slot and rate-limit token.
-                    start(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: Date())
+                    if subscriber.limits.ratePerSecond == nil {
+                        state.started(delivery)
+                        batch.append((delivery, subscriber))
+                    } else {
+                        paced.append((delivery, subscriber))
+                    }
+                }
+                let envelope = EventEnvelope(source: configuration.eventSource ?? "urn:consent-sync:\(installationID)")
+                let webhookIDPrefix = "msg_\(installationID.prefix(8))_"
+                for delivery in paced {
+                    state.started(delivery.0)
+                    startAll([delivery], envelope: envelope, webhookIDPrefix: webhookIDPrefix)
+                }
+                if !batch.isEmpty {
+                    sending.async { [self, batch] in
+                        startAll(batch, envelope: envelope, webhookIDPrefix: webhookIDPrefix)
+                    }
                 }
                 failures = 0
                 let inFlight = state.inFlightTotal
@@ -439,7 +451,11 @@ public final class Relay: Service {
             }
         }
 
-        // Draining: no new claims; let requests in flight finish for a while.
+        // Draining: no new claims. Every claimed request has started (or been recorded) once
+        // the sending queue is through what the loop gave it; let them finish for a while.
+        await withCheckedContinuation { (started: CheckedContinuation<Void, Never>) in
+            sending.async { started.resume() }
+        }
         let deadline = ContinuousClock.now + configuration.drainTimeout
         while state.inFlightTotal > finished.withLock({ $0.count }) && ContinuousClock.now < deadline && !Task.isCancelled {
             await doorbell.wait(timeout: min(.milliseconds(200), deadline - .now))
@@ -789,6 +805,27 @@ public final class Relay: Service {
     }
 
     // MARK: - Sending
+
+    /// Starts one round's claimed deliveries, on the sending queue: their bodies (one per change
+    /// where subscribers take the same one), signatures and requests. Their slots, tokens and
+    /// leases were taken by the loop, which meanwhile runs its next round.
+    private func startAll(_ batch: [(ClaimedDelivery, Subscriber)], envelope: EventEnvelope, webhookIDPrefix: String) {
+        var bodies: [Int64: [UInt8]] = [:]
+        for (delivery, subscriber) in batch {
+            let body: [UInt8]
+            if subscriber.needsOwnBody {
+                // Fewer attributes or a pseudonymous subject id: its own bytes.
+                body = envelope.body(for: delivery.change.minimised(fields: subscriber.fields, pseudonymKey: subscriber.pseudonymKey))
+            } else {
+                body = bodies[delivery.change.id] ?? envelope.body(for: delivery.change)
+                bodies[delivery.change.id] = body
+            }
+            let webhookID = webhookIDPrefix + String(delivery.id)
+            let replayOf = delivery.replayOf.map { webhookIDPrefix + String($0) }
+            // The attempt starts now: its started_at and the signature's timestamp.
+            start(delivery, to: subscriber, webhookID: webhookID, replayOf: replayOf, body: body, startedAt: Date())
+        }
+    }
 
     /// Starts one attempt: its request goes to the HTTP client's thread, where its completion
     /// turns the answer into a record for the next round. No task per request: that was a task
