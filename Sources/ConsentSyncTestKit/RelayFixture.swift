@@ -44,6 +44,7 @@ public enum RelayFixture {
         on database: TestDatabase,
         configuration: Relay.Configuration = .forTests,
         keyring: SecretKeyring = .plaintextOnly,
+        logger: Logger = RelayFixture.logger,
         _ body: (RunningRelay) async throws -> T
     ) async throws -> T {
         let http = HTTPClient(configuration: .init(), logger: logger)

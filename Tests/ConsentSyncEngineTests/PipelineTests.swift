@@ -3,6 +3,7 @@ import ConsentSyncEngine
 import ConsentSyncPostgres
 import ConsentSyncTestKit
 import Foundation
+import Logging
 import Synchronization
 import Testing
 
@@ -214,11 +215,18 @@ struct PipelineTests {
             // Written before the relay starts: the first is claimed with two waiting behind it.
             let writer = ConsentWriter(database: database)
             for purpose in ["p1", "p2", "p3"] { try await writer.set("cust-1", purpose, .granted) }
-            try await RelayFixture.withRelay(on: database) { _ in
+            let log = RecordingLogHandler.Store()
+            try await RelayFixture.withRelay(on: database, logger: Logger(label: "test") { _ in RecordingLogHandler(store: log) }) { _ in
                 try await waitUntil("everything delivered", timeout: .seconds(60)) {
                     try await deliveryStates(database) == ["delivered", "delivered", "delivered"]
                 }
             }
+            // Each refusal is one line, the round's failure, which says what failed; the third
+            // also says that deliveries are claimed from then on, and there is no fourth.
+            let refusals = log.all.filter { $0.message.contains("hand") || $0.metadata["error"]?.contains("hand-over refused") == true }
+            #expect(refusals.map(\.message) == Array(repeating: "pipeline step failed; retrying", count: 3), "\(refusals)")
+            #expect(refusals.map { $0.metadata["error"]?.hasPrefix("handing over the next deliveries failed") == true } == [true, true, true])
+            #expect(refusals.map { $0.metadata["error"]?.contains("they are claimed instead from now on") == true } == [false, false, true])
             let purposes = receiver.requests.compactMap { request in
                 ((try? JSONSerialization.jsonObject(with: Data(request.body)) as? [String: Any])?["data"] as? [String: Any])?["purpose"] as? String
             }

@@ -194,8 +194,7 @@ struct PostgresConnectionTests {
             let connection = try await PostgresConnection.connect(database.configuration, logger: logger)
             try await connection.execute("DO $$ BEGIN RAISE WARNING 'careful: %', 42; END $$")
             await connection.close()
-            let messages = store.messages.withLock { $0 }
-            #expect(messages.contains { $0.0 == .debug && $0.1.contains("careful: 42") })
+            #expect(store.all.contains { $0.level == .debug && $0.message.contains("careful: 42") })
         }
     }
 

@@ -67,26 +67,6 @@ final class ListenerRecording: Sendable {
     }
 }
 
-/// A log handler that keeps messages, for checking what reached the logger.
-struct RecordingLogHandler: LogHandler {
-    final class Store: Sendable {
-        let messages = Mutex<[(Logger.Level, String)]>([])
-    }
-
-    let store: Store
-    var logLevel: Logger.Level = .trace
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { self.metadata[key] }
-        set { self.metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        self.store.messages.withLock { $0.append((event.level, event.message.description)) }
-    }
-}
-
 let testLogger = TestDatabase.logger
 
 func randomSuffix() -> String {

@@ -427,7 +427,8 @@ public final class Relay: Service {
                 failures += 1
                 let delay = Backoff(initial: .milliseconds(200), maximum: .seconds(15)).delay(forRetry: failures)
                 var error = error
-                var lostConnection = (error as? PostgresError)?.isConnectionError ?? true
+                // A refused hand-over is the database's answer on a working connection.
+                var lostConnection = (error as? PostgresError)?.isConnectionError ?? !(error is HandOverRefused)
                 if !lostConnection, let connection, let mismatch = await Self.schemaMismatch(on: connection) {
                     // `consent-sync migrate` of a newer version ran while this daemon kept
                     // going: say so rather than the statement's own error, and connect anew,
@@ -593,12 +594,10 @@ public final class Relay: Service {
             case .success(let rows):
                 if case .failure(let error) = handed {
                     // Rolled back with it: the results are written again next round.
-                    if !error.isConnectionError {
-                        let failures = handOverFailures.add(1, ordering: .relaxed).newValue
-                        logger.error("handing over the next deliveries failed\(failures >= 3 ? "; they are claimed instead from now on" : "")", metadata: ["error": "\(error)"])
-                    }
                     keepForAnotherTry(records)
-                    throw error
+                    if error.isConnectionError { throw error }
+                    let failures = handOverFailures.add(1, ordering: .relaxed).newValue
+                    throw HandOverRefused(underlying: error, claimingInstead: failures >= 3)
                 }
                 applied = try DeliveryStore.recordResult(rows)
                 if case .success(let rows) = handed {
@@ -1001,5 +1000,18 @@ extension AttemptRecord {
             duration: duration
         )
         self.followed = delivery.followed
+    }
+}
+
+/// The database refused a hand-over (not a lost connection): the results written with it were
+/// rolled back and are written again next round; after three refusals in a row, without
+/// hand-overs. Logged once, by the relay loop, as the round's failure.
+struct HandOverRefused: Error, CustomStringConvertible {
+    var underlying: PostgresError
+    /// This was the third refusal in a row: from now on the next deliveries are claimed.
+    var claimingInstead: Bool
+
+    var description: String {
+        "handing over the next deliveries failed\(claimingInstead ? "; they are claimed instead from now on" : ""): \(underlying)"
     }
 }
