@@ -842,6 +842,8 @@ public final class Relay: Service {
             finished.withLock {
                 $0.append(.init(delivery, verdict: .dead, status: nil, error: "not sent: \(problem)", excerpt: nil, startedAt: startedAt, duration: .zero))
             }
+            // On the sending queue the loop may already be waiting: wake it for this record.
+            doorbell.ring()
             return
         }
         let clock = ContinuousClock.now
@@ -851,6 +853,7 @@ public final class Relay: Service {
         } catch {
             let attempt = record(of: delivery, to: subscriber, result: .failure(error), startedAt: startedAt, since: clock)
             finished.withLock { $0.append(attempt) }
+            doorbell.ring()
             return
         }
         outstanding.withLock { $0[delivery.id] = handle }
