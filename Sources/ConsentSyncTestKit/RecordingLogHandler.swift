@@ -5,12 +5,16 @@ import Synchronization
 /// what reached the logger.
 public struct RecordingLogHandler: LogHandler {
     public final class Store: Sendable {
-        public let lines = Mutex<[Line]>([])
+        private let lines = Mutex<[Line]>([])
 
         public init() {}
 
         /// The lines kept so far.
         public var all: [Line] { lines.withLock { $0 } }
+
+        func append(_ line: Line) {
+            lines.withLock { $0.append(line) }
+        }
     }
 
     public struct Line: Sendable {
@@ -34,7 +38,6 @@ public struct RecordingLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         let merged = self.metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let line = Line(level: event.level, message: event.message.description, metadata: merged.mapValues { $0.description })
-        self.store.lines.withLock { $0.append(line) }
+        self.store.append(Line(level: event.level, message: event.message.description, metadata: merged.mapValues { $0.description }))
     }
 }
