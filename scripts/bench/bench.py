@@ -11,6 +11,8 @@ subject each receiver saw the changes in change-id order; a failure makes the ex
   nginx     the receiver alone under wrk: it must not be the bottleneck
   sender    the sender alone: curl-floor.c (libcurl, the daemon's request shape, no database);
             its CPU per request is a floor for the daemon's per delivery
+  pgfloor   PostgreSQL alone: pg-floor.sql (pgbench, no daemon) replays a drain's writes with
+            1 client (one backend, as the relay's one connection) and 2 (both cores)
   drain     N changes committed while the daemon is stopped, K subscribers; start it; time to deliver all
   live      producer (pgbench --rate) at R changes/s for D s; commit-to-receipt latency, backlog
   maxlive   producer as fast as it can (several connections); both rates and the latency
@@ -44,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PURPOSES = ["marketing_email", "marketing_sms", "ad_personalisation", "analytics", "profiling"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SCENARIOS = ["nginx", "sender", "drain", "live", "maxlive", "scaling", "producer", "plot"]
+ALL_SCENARIOS = ["nginx", "sender", "pgfloor", "drain", "live", "maxlive", "scaling", "producer", "plot"]
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
@@ -981,6 +983,68 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         finally:
             nginx.stop()
 
+    def scenario_pgfloor(self):
+        """PostgreSQL alone: what the database's share of a drain costs with no daemon.
+
+        `pg-floor.sql` replays the rows a drain of short chains writes (per run: 100 outbox rows
+        and their 300 deliveries to three subscribers, a claim of 300 and a write-back of 300
+        with their attempt rows), in the daemon's batch sizes but without its per-subject order
+        checks, hand-overs or capture queue. With one pgbench client its deliveries/s bound
+        what one connection (one backend, as the relay's) can do; with two, both cores. Its
+        PostgreSQL CPU per delivery is a floor for the drain's."""
+        k = 3
+        script = os.path.join(HERE, "pg-floor.sql")
+        for clients in (1, 2):
+            db = self.new_db(f"pgfloor_{clients}")
+            try:
+                helper = Daemon(self, db, os.path.join(self.out, "daemon.log"))
+                for i in range(k):
+                    # never sent to: no daemon runs in this scenario
+                    helper.command("subscriber", "add", f"floor-{i + 1:02d}", "--url", "http://127.0.0.1:9/hook")
+                ids = sorted(int(r[0]) for r in self.pg.rows("SELECT id FROM consent_sync.subscribers", db))
+                if ids != list(range(1, k + 1)):
+                    raise BenchError(f"pg-floor.sql expects subscribers 1 to {k}; the database has {ids}")
+                self.pg.psql("CHECKPOINT", db)
+                argv = [self.pg.tool["pgbench"], "-n", "-M", "prepared", "-f", script, "-c", str(clients), "-j", str(clients),
+                        "-T", str(self.args.pgfloor_seconds)]
+                watch = Stopwatch(self)
+                before = watch.sample()
+                # The relay's session settings (DeliveryStore.prepareSession): index scans and
+                # generic plans whatever the statistics of a table that grows from empty.
+                env = self.pg.env(db) | {"PGOPTIONS": "-c jit=off -c enable_seqscan=off -c enable_bitmapscan=off "
+                                                      "-c plan_cache_mode=force_generic_plan"}
+                started = time.time()
+                run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=self.args.pgfloor_seconds + 120)
+                wall = time.time() - started
+                # pgbench's backends count once the postmaster has reaped them: wait for that.
+                deadline = time.time() + 10
+                while time.time() < deadline and int(self.pg.value(
+                        f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()")) > 0:
+                    time.sleep(0.05)
+                time.sleep(0.2)
+                after = watch.sample()
+                if run.returncode != 0:
+                    raise BenchError(f"pgbench -f pg-floor.sql failed: {run.stderr[-2000:]}")
+                figures = parse_pgbench(run.stdout)
+                # Every run leaves its write-back's rows delivered: count them, not pgbench's runs.
+                delivered = int(self.pg.value("SELECT count(*) FROM consent_sync.deliveries WHERE state = 'delivered'", db))
+                attempts = int(self.pg.value("SELECT count(*) FROM consent_sync.attempts", db))
+                if not delivered or attempts != delivered:
+                    raise BenchError(f"pg-floor.sql with {clients} clients: {delivered} deliveries delivered, {attempts} attempts logged")
+                cpu = Stopwatch.delta(before, after)
+                result = {"scenario": "pg-floor", "k": k, "clients": clients, "seconds": round(wall, 1),
+                          "runs_per_s": figures.get("tps"), "deliveries": delivered,
+                          "deliveries_per_s": round(delivered / wall, 1),
+                          "pg_cpu_us_per_delivery": round(1e6 * cpu["pg"] / delivered, 1),
+                          "box_busy_pct": round(cpu["box_busy_pct"], 1), "cpus": os.cpu_count()}
+                log(f"PostgreSQL alone (pg-floor.sql, {clients} client{'s' if clients > 1 else ''}): "
+                    f"{result['deliveries_per_s']:,.0f} deliveries/s, {result['pg_cpu_us_per_delivery']} us PostgreSQL CPU "
+                    f"per delivery, box {result['box_busy_pct']} % busy")
+                self.record(result)
+            finally:
+                if not self.args.keep_databases:
+                    self.pg.drop_db(db)
+
     def drain(self, label, changes, k, paused_backlog=False, wrapper=None, perf=None, statements=False, time_box=None):
         """Commit `changes` with the daemon stopped, start it, measure until all is delivered.
         With paused_backlog, the deliveries are created first (subscribers paused) so that the
@@ -1756,6 +1820,21 @@ unset multiplot
         print(table)
         print(f"\nresults: {self.out}")
 
+    def floor_bound(self):
+        """What the floors measured in this run allow together: the sender's CPU per request (as
+        the daemon sends: each handle reset and configured), the receiver's, and PostgreSQL's
+        per delivery with both cores (`pg-floor.sql`, 2 clients), all on the same cores. None
+        unless the sender and pgfloor scenarios ran."""
+        sender = next((r for r in self.results if r["scenario"] == "sender-alone" and r.get("mode") == "reset"), None)
+        pg = next((r for r in self.results if r["scenario"] == "pg-floor" and r.get("clients") == 2), None)
+        if not sender or not pg or not sender.get("cpu_us_per_request") or not pg.get("pg_cpu_us_per_delivery"):
+            return None
+        nginx = sender.get("nginx_cpu_us_per_request") or 0.0
+        total = sender["cpu_us_per_request"] + nginx + pg["pg_cpu_us_per_delivery"]
+        cpus = pg.get("cpus") or os.cpu_count() or 1
+        return {"sender_us": sender["cpu_us_per_request"], "nginx_us": nginx, "pg_us": pg["pg_cpu_us_per_delivery"],
+                "us_per_delivery": round(total, 1), "cpus": cpus, "deliveries_per_s": round(cpus * 1e6 / total)}
+
     def table(self):
         def fmt(v, digits=1):
             if v is None:
@@ -1774,7 +1853,7 @@ unset multiplot
         rows = []
         for r in self.results:
             s = r["scenario"]
-            if s in ("nginx-alone", "sender-alone", "producer", "profile"):
+            if s in ("nginx-alone", "sender-alone", "pg-floor", "producer", "profile"):
                 continue
             pg = r.get("pg_cpu_us_per_delivery", r.get("pg_cpu_us_per_delivery_incl_producer"))
             rows.append([s + (f"#{r['run']}" if r.get("run", 1) > 1 else ""), fmt(r.get("k")), fmt(r.get("changes")),
@@ -1793,6 +1872,14 @@ unset multiplot
         for r in [r for r in self.results if r["scenario"] == "sender-alone"]:
             lines.append(f"sender alone (libcurl, {r['mode']}, {r['urls']} x {r['in_flight_per_url']} in flight): "
                          f"{fmt(r.get('requests_per_s'), 0)} requests/s, {fmt(r.get('cpu_us_per_request'))} us CPU per request")
+        for r in [r for r in self.results if r["scenario"] == "pg-floor"]:
+            lines.append(f"PostgreSQL alone (pg-floor.sql, {r['clients']} client{'s' if r['clients'] > 1 else ''}): "
+                         f"{fmt(r.get('deliveries_per_s'), 0)} deliveries/s, {fmt(r.get('pg_cpu_us_per_delivery'))} us CPU per delivery")
+        bound = self.floor_bound()
+        if bound:
+            lines.append(f"the floors together: {bound['us_per_delivery']} us of CPU per delivery "
+                         f"(sender {bound['sender_us']} + receiver {bound['nginx_us']} + PostgreSQL {bound['pg_us']}), "
+                         f"at most {fmt(bound['deliveries_per_s'], 0)} deliveries/s on {bound['cpus']} cores")
         producer = [r for r in self.results if r["scenario"] == "producer"]
         if producer:
             runs = max(r.get("run", 1) for r in producer)
@@ -1974,6 +2061,8 @@ def parse_args(argv):
     p.add_argument("--nginx-seconds", type=int, default=env_default("nginx_seconds", None, int), help="receiver alone: wrk duration (default 5)")
     p.add_argument("--sender-requests", type=int, default=env_default("sender_requests", None, int),
                    help="sender alone: requests per libcurl run (default 200000)")
+    p.add_argument("--pgfloor-seconds", type=int, default=env_default("pgfloor_seconds", None, int),
+                   help="PostgreSQL alone: pgbench duration per client count (default 15)")
     p.add_argument("--nginx-workers", type=int, default=env_default("nginx_workers", 1, int), help="nginx worker processes (default 1)")
     p.add_argument("--sub-max-in-flight", type=int, default=env_default("sub_max_in_flight", 64, int), help="subscriber add --max-in-flight (default 64)")
     p.add_argument("--instances", type=int, default=env_default("instances", 1, int),
@@ -1998,10 +2087,10 @@ def parse_args(argv):
 
     full = dict(drain_changes=100000, live_rate=1000, live_seconds=30, maxlive_seconds=20, scaling_ks=[1, 3, 10, 30],
                 scaling_deliveries=150000, backlog_small=10000, producer_seconds=10, producer_clients=[1, 4, 16], producer_runs=3,
-                nginx_seconds=5, sender_requests=200000, profile_changes=50000, callgrind_changes=2000, stall_seconds=60, backlog_small_runs=3)
+                nginx_seconds=5, sender_requests=200000, pgfloor_seconds=15, profile_changes=50000, callgrind_changes=2000, stall_seconds=60, backlog_small_runs=3)
     smoke = dict(drain_changes=2000, live_rate=200, live_seconds=5, maxlive_seconds=5, scaling_ks=[1, 10],
                  scaling_deliveries=6000, backlog_small=3000, producer_seconds=2, producer_clients=[1, 4], producer_runs=1,
-                 nginx_seconds=2, sender_requests=20000, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500,
+                 nginx_seconds=2, sender_requests=20000, pgfloor_seconds=2, profile_changes=5000, callgrind_changes=500, stall_seconds=20, maxlive_transactions=500,
                  backlog_small_runs=1)
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
@@ -2057,7 +2146,7 @@ def main(argv):
         if args.nice:
             bench.renice()
         log(f"results in {bench.out}; PostgreSQL {bench._pg_meta['version']}; binary {args.binary}")
-        order = ["nginx", "sender", "drain", "live", "plot", "maxlive", "scaling", "producer", "profile"]
+        order = ["nginx", "sender", "pgfloor", "drain", "live", "plot", "maxlive", "scaling", "producer", "profile"]
         for name in [s for s in order if s in args.scenarios]:
             started = time.time()
             log(f"=== {name}")

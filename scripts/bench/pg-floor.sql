@@ -1,10 +1,13 @@
 -- PostgreSQL's own cost of consent-sync's write pattern, without the daemon: per run, a
 -- fan-out of 100 changes to the 3 subscribers (one outbox insert per change, one delivery
 -- per pair), a claim of 300 (of one subscriber) and a write-back of 300 (state update and an attempt row), in
--- batches as the daemon does, without its per-subject order checks. On a migrated database
--- with exactly three subscribers (ids 1-3):
---   pgbench -n -f scripts/bench/pg-floor.sql -c 2 -j 2 -T 20 DBNAME
--- deliveries/s = runs/s x 300. See docs/benchmarks.md ("PostgreSQL's bound").
+-- batches as the daemon does, without its per-subject order checks. `make bench` runs it as
+-- the scenario `pgfloor`, with 1 and 2 clients. By hand, on a migrated database with exactly
+-- three subscribers (ids 1-3), in the relay's session settings (DeliveryStore.prepareSession;
+-- without them the planner scans the growing tables and the figures are 5 times worse):
+--   PGOPTIONS="-c jit=off -c enable_seqscan=off -c enable_bitmapscan=off -c plan_cache_mode=force_generic_plan" \
+--   pgbench -n -M prepared -f scripts/bench/pg-floor.sql -c 2 -j 2 -T 20 DBNAME
+-- deliveries/s = runs/s x 300. See docs/benchmarks.md ("PostgreSQL alone").
 \set base random(1, 2000000000)
 BEGIN;
 WITH ch AS (
