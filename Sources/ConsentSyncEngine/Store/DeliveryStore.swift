@@ -502,7 +502,11 @@ enum DeliveryStore {
                 WHERE p.id = ANY (ARRAY(
                     SELECT \(firstParked(after: "e"))
                     FROM ended e
-                    WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.subscriber_id = e.subscriber_id AND c.subject = e.subject)))
+                    -- NOT IN, not NOT EXISTS: it is planned as one hash of `claimed`, where NOT
+                    -- EXISTS became a nested loop reading all of `claimed` again for each ended
+                    -- delivery (rounds of 100 ended: about 5,000 rows compared). Neither column is
+                    -- ever NULL, so the two mean the same.
+                    WHERE (e.subscriber_id, e.subject) NOT IN (SELECT c.subscriber_id, c.subject FROM claimed c)))
             )
             \(claimedRows)
             """,
