@@ -1,3 +1,4 @@
+import ConsentSyncCore
 @testable import ConsentSyncEngine
 import ConsentSyncPostgres
 import ConsentSyncTestKit
@@ -88,6 +89,64 @@ struct StatementPlanTests {
                 #expect(!plan.contains("Nested Loop Anti Join"), "\(plan)")
                 #expect(plan.contains("Index Scan using deliveries_pkey on deliveries d"), "\(plan)")
                 #expect(!plan.contains("deliveries_due"), "\(plan)")
+            }
+        }
+    }
+
+    /// A claim returns each change once, on the first of its deliveries in the result, and
+    /// reads its row once: the others (the same change for other subscribers) carry its id,
+    /// and ``DeliveryStore/claimResult(_:)`` gives them the same change.
+    @Test func aClaimReadsEachChangeOncePerResult() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            for name in ["crm", "email", "ads"] {
+                try await RelayFixture.addSubscriber(name, url: "http://127.0.0.1:9/hook", on: database)
+            }
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                try await db.execute(
+                    """
+                    INSERT INTO consent_sync.consents (subject_id, purpose, status, source)
+                    SELECT 'cust-' || g, 'marketing_email', 'granted', 'test' FROM generate_series(1, 100) AS g
+                    """
+                )
+                _ = try await DeliveryStore.fanOut(limit: 1000, on: db)
+                let subscribers = try await db.query("SELECT id FROM consent_sync.subscribers ORDER BY id").map { try $0.int64("id") }
+                let owner = UUID()
+
+                // Half of them claimed: each carries its own change, read from the outbox.
+                let claimed = try await DeliveryStore.claim(owner: owner, budgets: subscribers.map { ($0, 50) }, lease: .seconds(60), on: db)
+                #expect(claimed.count == 150)
+                let stored = try await db.query(
+                    """
+                    SELECT d.id, d.change_id, c.event_id::text AS event_id, c.subject
+                    FROM consent_sync.deliveries d JOIN consent_sync.changes c ON c.id = d.change_id
+                    WHERE d.state = 'in_flight'
+                    """
+                )
+                let expected = Dictionary(uniqueKeysWithValues: try stored.map {
+                    (try $0.int64("id"), [try $0.string("change_id"), try $0.string("event_id"), try $0.string("subject")])
+                })
+                #expect(expected.count == 150)
+                for delivery in claimed {
+                    let actual = [String(delivery.change.id), delivery.change.eventID, delivery.change.subject]
+                    #expect(expected[delivery.id] == actual, "delivery \(delivery.id)")
+                }
+
+                // The rest, explained: one lookup in `changes` per change claimed, not per delivery.
+                let statement = DeliveryStore.claimStatement(owner: owner, budgets: subscribers.map { ($0, 1000) }, lease: .seconds(60))
+                let plan = try await Self.explainAnalyzed(statement, as: "claim_rest", on: db)
+                let counts = try #require(try await db.query(
+                    """
+                    SELECT count(*) AS deliveries, count(DISTINCT change_id) AS changes FROM consent_sync.deliveries
+                    WHERE state = 'in_flight' AND id <> ALL ($1::bigint[])
+                    """,
+                    [postgresArray(claimed.map { String($0.id) })]
+                ).first)
+                #expect(try counts.int("deliveries") == 150)
+                let changes = try counts.int("changes")
+                #expect(changes < 150)
+                let lookup = plan.split(separator: "\n").first { $0.contains("Index Scan using changes_pkey on changes c") }
+                #expect(lookup?.contains("loops=\(changes))") == true, "\(plan)")
             }
         }
     }

@@ -320,33 +320,42 @@ enum DeliveryStore {
         """
 
     /// The rows of the deliveries in `claimed`, with their changes, for ``claimResult(_:)``.
+    ///
+    /// Each change is read and sent once per result, on the first of its deliveries there; the
+    /// others (the same change for other subscribers, mostly claimed or handed over in the same
+    /// round) carry its id only. With three subscribers that was each change row looked up,
+    /// converted to text and parsed three times.
     static let claimedRows = """
         SELECT cl.id, cl.subscriber_id, cl.attempts, cl.attempts_before_requeue, cl.replay_of,
                    extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
-                   c.id AS change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
+                   cl.change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
                    c.attributes::text AS attributes, c.problem,
                    EXISTS (SELECT 1 FROM consent_sync.deliveries n
                            WHERE n.subscriber_id = cl.subscriber_id AND n.subject = cl.subject
                              AND n.state IN ('pending', 'in_flight') AND n.change_id > cl.change_id) AS followed
-            FROM claimed cl CROSS JOIN LATERAL (
-                SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id OFFSET 0
-            ) c
-            ORDER BY c.id
+            FROM (SELECT claimed.*, row_number() OVER (PARTITION BY claimed.change_id) AS nth FROM claimed) cl
+            LEFT JOIN LATERAL (
+                -- A condition on `cl` alone: a one-time filter, so that no other row looks it up.
+                SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id AND cl.nth = 1 OFFSET 0
+            ) c ON true
+            ORDER BY cl.change_id, cl.nth
         """
 
+    /// The deliveries of ``claimedRows``: a row without its change's columns takes them from an
+    /// earlier row of the same change.
     static func claimResult(_ rows: PostgresRows) throws -> [ClaimedDelivery] {
-        try rows.map { row in
-            let operation = try row.string("operation")
-            return ClaimedDelivery(
-                id: try row.int64("id"),
-                subscriberID: try row.int64("subscriber_id"),
-                attempt: try row.int("attempts"),
-                age: .milliseconds(Int64(try row.double("age") * 1000)),
-                attemptsBeforeRequeue: try row.int("attempts_before_requeue"),
-                replayOf: row.optionalString("replay_of").flatMap(Int64.init),
-                change: ConsentChange(
-                    id: try row.int64("change_id"),
+        var changes: [Int64: ConsentChange] = [:]
+        return try rows.map { row in
+            let id = try row.int64("id")
+            let changeID = try row.int64("change_id")
+            let change: ConsentChange
+            if row.optionalString("event_id") == nil {
+                change = try changes[changeID].orThrow("delivery \(id): its change \(changeID) was not returned")
+            } else {
+                let operation = try row.string("operation")
+                change = ConsentChange(
+                    id: changeID,
                     eventID: try row.string("event_id"),
                     table: try row.string("table_name"),
                     operation: try ConsentChange.Operation(rawValue: operation).orThrow("unknown operation '\(operation)'"),
@@ -359,7 +368,17 @@ enum DeliveryStore {
                     changedAt: Date(timeIntervalSince1970: try row.double("changed_at")),
                     attributesJSON: row.optionalString("attributes"),
                     problem: row.optionalString("problem")
-                ),
+                )
+                changes[changeID] = change
+            }
+            return ClaimedDelivery(
+                id: id,
+                subscriberID: try row.int64("subscriber_id"),
+                attempt: try row.int("attempts"),
+                age: .milliseconds(Int64(try row.double("age") * 1000)),
+                attemptsBeforeRequeue: try row.int("attempts_before_requeue"),
+                replayOf: row.optionalString("replay_of").flatMap(Int64.init),
+                change: change,
                 followed: try row.bool("followed")
             )
         }
