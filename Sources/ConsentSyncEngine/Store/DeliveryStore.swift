@@ -301,7 +301,7 @@ enum DeliveryStore {
                 WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
                 \(claimedReturning)
             )
-            \(claimedRows)
+            \(claimedRows())
             """,
             [
                 owner.uuidString,
@@ -325,21 +325,30 @@ enum DeliveryStore {
     /// others (the same change for other subscribers, mostly claimed or handed over in the same
     /// round) carry its id only. With three subscribers that was each change row looked up,
     /// converted to text and parsed three times.
-    static let claimedRows = """
+    ///
+    /// `followed` says whether a later delivery of the subject waits behind `cl`; by default a
+    /// look in `deliveries_live_by_subject`. The hand-over knows it already from finding `cl`.
+    static func claimedRows(followed: String = claimProbeForFollower) -> String {
+        """
         SELECT cl.id, cl.subscriber_id, cl.attempts, cl.attempts_before_requeue, cl.replay_of,
                    extract(epoch FROM now() - coalesce(cl.requeued_at, cl.created_at))::double precision AS age,
                    cl.change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
-                   c.attributes::text AS attributes, c.problem,
-                   EXISTS (SELECT 1 FROM consent_sync.deliveries n
-                           WHERE n.subscriber_id = cl.subscriber_id AND n.subject = cl.subject
-                             AND n.state IN ('pending', 'in_flight') AND n.change_id > cl.change_id) AS followed
+                   c.attributes::text AS attributes, c.problem, \(followed) AS followed
             FROM (SELECT claimed.*, row_number() OVER (PARTITION BY claimed.change_id) AS nth FROM claimed) cl
             LEFT JOIN LATERAL (
                 -- A condition on `cl` alone: a one-time filter, so that no other row looks it up.
                 SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id AND cl.nth = 1 OFFSET 0
             ) c ON true
             ORDER BY cl.change_id, cl.nth
+        """
+    }
+
+    /// Whether a later delivery of its subject waits behind the claimed delivery `cl`.
+    static let claimProbeForFollower = """
+        EXISTS (SELECT 1 FROM consent_sync.deliveries n
+                           WHERE n.subscriber_id = cl.subscriber_id AND n.subject = cl.subject
+                             AND n.state IN ('pending', 'in_flight') AND n.change_id > cl.change_id)
         """
 
     /// The deliveries of ``claimedRows``: a row without its change's columns takes them from an
@@ -492,30 +501,38 @@ enum DeliveryStore {
     /// and the subscriber enabled, is leased to `owner`; otherwise the first parked one is
     /// un-parked, as the write-back does for the others. Its rows go to ``claimResult(_:)``.
     /// Order holds as in a claim: only the first live delivery of a subject is taken.
+    ///
+    /// The look for that first delivery reads the second too: whether one follows it (and so
+    /// is handed over when it ends) comes from there, not from one more look per delivery.
     static func handOverStatement(after ended: [Int64], owner: UUID, lease: Duration) -> PostgresStatement {
         PostgresStatement(
             """
             WITH ended AS (
                 SELECT e.subscriber_id, e.subject FROM consent_sync.deliveries e
                 WHERE e.id = ANY ($2::bigint[]) AND e.state IN ('delivered', 'dead')
+            ), heads AS (
+                SELECT h.id, h.followed FROM ended e CROSS JOIN LATERAL (
+                    SELECT q.id, q.state, q.next_attempt_at, lead(q.id) OVER (ORDER BY q.change_id) IS NOT NULL AS followed
+                    FROM (SELECT q.id, q.state, q.next_attempt_at, q.change_id FROM consent_sync.deliveries q
+                          WHERE q.subscriber_id = e.subscriber_id AND q.subject = e.subject
+                            AND q.state IN ('pending', 'in_flight')
+                          ORDER BY q.change_id LIMIT 2) q
+                    ORDER BY q.change_id LIMIT 1
+                ) h
+                WHERE h.state = 'pending' AND h.next_attempt_at = 'infinity'
+                  AND EXISTS (SELECT 1 FROM consent_sync.subscribers s WHERE s.id = e.subscriber_id AND s.state = 'enabled')
             ), claimed AS (
                 UPDATE consent_sync.deliveries d
                 SET state = 'in_flight', attempts = d.attempts + 1, lease_owner = $1::uuid, next_attempt_at = now(),
                     lease_expires_at = now() + make_interval(secs => $3::double precision)
-                WHERE d.id = ANY (ARRAY(
-                    SELECT h.id FROM ended e CROSS JOIN LATERAL (
-                        SELECT q.id, q.state, q.next_attempt_at FROM consent_sync.deliveries q
-                        WHERE q.subscriber_id = e.subscriber_id AND q.subject = e.subject
-                          AND q.state IN ('pending', 'in_flight')
-                        ORDER BY q.change_id LIMIT 1
-                    ) h
-                    WHERE h.state = 'pending' AND h.next_attempt_at = 'infinity'
-                      AND EXISTS (SELECT 1 FROM consent_sync.subscribers s WHERE s.id = e.subscriber_id AND s.state = 'enabled')))
+                -- Joined on d.id = h.id alone: each is looked up in the primary key.
+                FROM heads h
+                WHERE d.id = h.id
                   -- Checked again on the row itself, should another transaction have changed it
                   -- meanwhile; as parameters ('pending', 'infinity'), or the plan walks every
                   -- parked delivery in deliveries_due instead of looking up these ids.
                   AND d.state = $4::text AND d.next_attempt_at = $5::timestamptz
-                \(claimedReturning)
+                \(claimedReturning), h.followed
             ), unparked AS (
                 UPDATE consent_sync.deliveries p SET next_attempt_at = now()
                 WHERE p.id = ANY (ARRAY(
@@ -527,7 +544,7 @@ enum DeliveryStore {
                     -- ever NULL, so the two mean the same.
                     WHERE (e.subscriber_id, e.subject) NOT IN (SELECT c.subscriber_id, c.subject FROM claimed c)))
             )
-            \(claimedRows)
+            \(claimedRows(followed: "cl.followed"))
             """,
             [owner.uuidString, postgresArray(ended.map(String.init)), String(lease.seconds), "pending", "infinity"],
             prepared: true
