@@ -147,6 +147,8 @@ struct StatementPlanTests {
                 #expect(changes < 150)
                 let lookup = plan.split(separator: "\n").first { $0.contains("Index Scan using changes_pkey on changes c") }
                 #expect(lookup?.contains("loops=\(changes))") == true, "\(plan)")
+                // Sorted once, by the numbering of each change's deliveries, not again for the output.
+                #expect(plan.components(separatedBy: "Sort Key:").count == 2, "\(plan)")
             }
         }
     }

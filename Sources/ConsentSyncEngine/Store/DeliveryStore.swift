@@ -324,7 +324,9 @@ enum DeliveryStore {
     /// Each change is read and sent once per result, on the first of its deliveries there; the
     /// others (the same change for other subscribers, mostly claimed or handed over in the same
     /// round) carry its id only. With three subscribers that was each change row looked up,
-    /// converted to text and parsed three times.
+    /// converted to text and parsed three times. Measured alone (pgbench, results of 100 rows):
+    /// about 14 % less of PostgreSQL's time with each change three times in a result, about 5 %
+    /// more with every change once (one subscriber), the cost of numbering the rows.
     ///
     /// `followed` says whether a later delivery of the subject waits behind `cl`; by default a
     /// look in `deliveries_live_by_subject`. The hand-over knows it already from finding `cl`.
@@ -335,12 +337,13 @@ enum DeliveryStore {
                    cl.change_id, c.event_id, c.table_name, c.operation, c.event_type, c.subject, c.purpose,
                    c.status, c.previous_status, c.source, extract(epoch FROM c.changed_at)::double precision AS changed_at,
                    c.attributes::text AS attributes, c.problem, \(followed) AS followed
-            FROM (SELECT claimed.*, row_number() OVER (PARTITION BY claimed.change_id) AS nth FROM claimed) cl
+            FROM (SELECT claimed.*, row_number() OVER (PARTITION BY claimed.change_id ORDER BY claimed.id) AS nth FROM claimed) cl
             LEFT JOIN LATERAL (
                 -- A condition on `cl` alone: a one-time filter, so that no other row looks it up.
                 SELECT * FROM consent_sync.changes c WHERE c.id = cl.change_id AND cl.nth = 1 OFFSET 0
             ) c ON true
-            ORDER BY cl.change_id, cl.nth
+            -- The window's order: the rows are sorted once, before the changes are joined.
+            ORDER BY cl.change_id, cl.id
         """
     }
 
