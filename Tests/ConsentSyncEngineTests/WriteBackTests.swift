@@ -45,14 +45,15 @@ struct WriteBackTests {
             let writer = ConsentWriter(database: database)
             for purpose in ["p1", "p2", "p3"] { try await writer.set("cust-1", purpose, .granted) }
             for purpose in ["p1", "p2"] { try await writer.set("cust-2", purpose, .granted) }
+            try await writer.set("cust-3", "p1", .granted)
             try await database.withConnection { db in
                 try await DeliveryStore.prepareSession(db)
                 _ = try await DeliveryStore.fanOut(limit: 100, on: db)
                 let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
                 let owner = UUID()
                 let claimed = try await DeliveryStore.claim(owner: owner, budgets: [(subscriber, 10)], lease: .seconds(60), on: db)
-                #expect(claimed.map { "\($0.change.subject)/\($0.change.purpose)" } == ["cust-1/p1", "cust-2/p1"])
-                #expect(claimed.map(\.followed) == [true, true], "both have more waiting")
+                #expect(claimed.map { "\($0.change.subject)/\($0.change.purpose)" } == ["cust-1/p1", "cust-2/p1", "cust-3/p1"])
+                #expect(claimed.map(\.followed) == [true, true, false], "cust-1 and cust-2 have more waiting, cust-3 not")
 
                 func finish(_ deliveries: [ClaimedDelivery]) async throws -> [ClaimedDelivery] {
                     let records = deliveries.map {
@@ -81,7 +82,7 @@ struct WriteBackTests {
                 let afterFirst = try await states()
                 #expect(afterFirst == [
                     "cust-1/p1 delivered 1", "cust-1/p2 in_flight 1 leased", "cust-1/p3 pending 0 parked", "cust-2/p1 delivered 1",
-                    "cust-2/p2 in_flight 1 leased",
+                    "cust-2/p2 in_flight 1 leased", "cust-3/p1 delivered 1",
                 ])
 
                 // Paused: the next one is un-parked for a claim (which the pause holds back), not leased.
@@ -90,7 +91,7 @@ struct WriteBackTests {
                 let afterSecond = try await states()
                 #expect(afterSecond == [
                     "cust-1/p1 delivered 1", "cust-1/p2 delivered 1", "cust-1/p3 pending 0", "cust-2/p1 delivered 1",
-                    "cust-2/p2 delivered 1",
+                    "cust-2/p2 delivered 1", "cust-3/p1 delivered 1",
                 ])
             }
         }
