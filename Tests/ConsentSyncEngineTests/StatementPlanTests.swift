@@ -153,6 +153,56 @@ struct StatementPlanTests {
         }
     }
 
+    /// The fan-out keeps a delivery that already exists for a change and subscriber rather
+    /// than adding a second one (or failing on the unique index), and finds it with one look per
+    /// pair in `deliveries_by_change`; a replay of that change does not count as its delivery.
+    @Test func theFanOutAddsNoDeliveryThatExistsAndLooksEachUpInTheUniqueIndex() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            for name in ["crm", "email"] {
+                try await RelayFixture.addSubscriber(name, url: "http://127.0.0.1:9/hook", on: database)
+            }
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                // Outbox rows not yet fanned out; the first already has a delivery to crm (as if
+                // fanned out before), the second only a replay to crm.
+                try await db.execute(
+                    """
+                    INSERT INTO consent_sync.changes (table_name, operation, event_type, subject, purpose, status, fanned_out)
+                        SELECT 't', 'UPDATE', 'consent.granted', 'cust-' || g, 'email', 'granted', false FROM generate_series(1, 50) g;
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, state)
+                        SELECT min(c.id), s.id, 'cust-1', 'delivered' FROM consent_sync.changes c, consent_sync.subscribers s
+                        WHERE s.name = 'crm' GROUP BY s.id;
+                    INSERT INTO consent_sync.deliveries (change_id, subscriber_id, subject, state, replay_of)
+                        SELECT min(c.id) + 1, s.id, 'cust-2', 'delivered', (SELECT min(id) FROM consent_sync.deliveries)
+                        FROM consent_sync.changes c, consent_sync.subscribers s WHERE s.name = 'crm' GROUP BY s.id
+                    """
+                )
+                let statement = DeliveryStore.fanOutStatements(limit: 1000)[1]
+                let plan = try await db.withTransaction { db in
+                    try await db.execute("SELECT pg_advisory_xact_lock(\(DeliveryStore.fanOutLockKey))")
+                    return try await Self.explainAnalyzed(statement, as: "fan_out", on: db)
+                }
+
+                let rows = try await db.query(
+                    """
+                    SELECT s.name, count(*) FILTER (WHERE d.replay_of IS NULL) AS originals, count(*) AS n,
+                           count(*) FILTER (WHERE d.state = 'delivered' AND d.replay_of IS NULL) AS kept
+                    FROM consent_sync.deliveries d JOIN consent_sync.subscribers s ON s.id = d.subscriber_id
+                    GROUP BY s.name ORDER BY s.name
+                    """
+                )
+                let counts = try rows.map { [try $0.string("name"), try $0.string("originals"), try $0.string("n"), try $0.string("kept")] }
+                #expect(counts == [["crm", "50", "51", "1"], ["email", "50", "50", "0"]])
+                #expect(try await db.query("SELECT count(*) AS n FROM consent_sync.changes WHERE NOT fanned_out").first?.int("n") == 0)
+                let look = plan.split(separator: "\n").first { $0.contains("using deliveries_by_change on deliveries x") }
+                // A look per pair, by change and subscriber: never a walk of the whole index.
+                #expect(look?.contains("loops=100)") == true, "\(plan)")
+                #expect(plan.contains("Index Cond: ((change_id = p.change_id) AND (subscriber_id = p.subscriber_id)"), "\(plan)")
+                #expect(!plan.contains("Conflict"), "\(plan)")
+            }
+        }
+    }
+
     /// Retention deletes old changes in batches; the deleted changes cascade to their
     /// deliveries and those to their attempts (schema 10's statement triggers, one `DELETE` by
     /// an array of ids each), and to their events through a foreign key, by statements of the

@@ -170,8 +170,17 @@ enum DeliveryStore {
                               AND d.state IN ('pending', 'in_flight')
                             ORDER BY d.change_id LIMIT 1) < p.change_id
                         THEN 'infinity'::timestamptz ELSE now() END
-            FROM pairs p ORDER BY p.change_id, p.subscriber_id
-            ON CONFLICT (change_id, subscriber_id, (CASE WHEN replay_of IS NULL THEN 0 ELSE id END)) DO NOTHING
+            FROM pairs p
+            -- A change is fanned out once (the lock, and `fanned_out` or the queue row's delete
+            -- in this transaction), so none of its deliveries exists yet; should one, it is
+            -- kept, not doubled. A look in deliveries_by_change, not ON CONFLICT DO NOTHING,
+            -- whose speculative insertion cost 2.6 µs of a fan-out's 16 per delivery, the look 0.9.
+            -- OFFSET 0 keeps it a look per pair: as an anti-join, the generic plan merged the
+            -- pairs with a walk of the whole index.
+            WHERE NOT EXISTS (SELECT 1 FROM consent_sync.deliveries x
+                              WHERE x.change_id = p.change_id AND x.subscriber_id = p.subscriber_id
+                                AND (CASE WHEN x.replay_of IS NULL THEN 0 ELSE x.id END) = 0 OFFSET 0)
+            ORDER BY p.change_id, p.subscriber_id
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM batch) AS changes, (SELECT count(*) FROM inserted) AS deliveries,
