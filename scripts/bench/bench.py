@@ -1195,11 +1195,12 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
         """The most expensive statements of `db` since pg_stat_statements_reset(), with planning time."""
         rows = self.pg.rows(
             "SELECT calls, round(total_exec_time::numeric, 1), round(total_plan_time::numeric, 1), rows, "
-            "shared_blks_hit + shared_blks_read, regexp_replace(left(query, 160), '\\s+', ' ', 'g') FROM pg_stat_statements "
+            "shared_blks_hit + shared_blks_read, wal_records, wal_bytes, regexp_replace(left(query, 160), '\\s+', ' ', 'g') "
+            "FROM pg_stat_statements "
             "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "ORDER BY total_exec_time + total_plan_time DESC LIMIT 20", db)
         return [{"calls": int(r[0]), "exec_ms": float(r[1]), "plan_ms": float(r[2]), "rows": int(r[3]), "buffers": int(r[4]),
-                 "query": r[5]} for r in rows]
+                 "wal_records": int(r[5]), "wal_bytes": int(r[6]), "query": r[7]} for r in rows]
 
     def attempt(self, label, run):
         """Runs one measurement; a failure is recorded and the next one still runs."""
@@ -1665,10 +1666,14 @@ unset multiplot
         summary = {}
         if result.get("pg_stat_statements"):
             with open(os.path.join(prof, f"{prefix}pg_stat_statements.txt"), "w") as f:
-                f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8} {'buf/call':>8}  query\n")
+                # WAL records and bytes do not vary with how busy the machine is: a change's effect
+                # on them shows in one run, where its effect on time needs many.
+                f.write(f"{'calls':>7} {'exec ms':>10} {'ms/call':>8} {'plan ms':>10} {'rows':>8} {'buf/call':>8} "
+                        f"{'wal recs':>9} {'wal bytes':>11}  query\n")
                 for q in result["pg_stat_statements"]:
                     f.write(f"{q['calls']:>7} {q['exec_ms']:>10.1f} {q['exec_ms'] / max(1, q['calls']):>8.2f} "
-                            f"{q['plan_ms']:>10.1f} {q['rows']:>8} {q['buffers'] / max(1, q['calls']):>8.0f}  {q['query']}\n")
+                            f"{q['plan_ms']:>10.1f} {q['rows']:>8} {q['buffers'] / max(1, q['calls']):>8.0f} "
+                            f"{q.get('wal_records', 0):>9} {q.get('wal_bytes', 0):>11}  {q['query']}\n")
         if not os.path.exists(perf_data):
             return summary
         pid = str(result["daemon_pid"])
