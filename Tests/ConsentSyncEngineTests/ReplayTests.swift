@@ -22,7 +22,7 @@ private func schemaAllowsReplays() async throws -> Bool {
 ///
 /// Replays need a second delivery of one change to one subscriber, which the unique
 /// constraint on `deliveries (change_id, subscriber_id)` of schema version 1 forbids, and which
-/// fan-out's `ON CONFLICT (change_id, subscriber_id)` relies on. This suite turns itself on once
+/// fan-out's `ON CONFLICT (change_id, subscriber_id)` relied on then. This suite turns itself on once
 /// the schema has no unique constraint on deliveries any more (only a unique index that keeps
 /// one original per pair: partial over originals from schema 3, from schema 9 one whose third
 /// key is 0 for an original and the row's own id for a replay).
@@ -96,7 +96,7 @@ struct ReplayTests {
     }
 
     /// The one unique index over a change's deliveries (schema 9): a second original of a
-    /// (change, subscriber) is refused, and the fan-out's `ON CONFLICT` names it; replays, even
+    /// (change, subscriber) is refused, and the fan-out's guard looks in it; replays, even
     /// two of the same original, go in.
     @Test func oneOriginalPerChangeAndSubscriberAndAnyNumberOfReplays() async throws {
         try await RelayFixture.withMigratedDatabase { database in

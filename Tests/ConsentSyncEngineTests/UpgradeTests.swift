@@ -89,14 +89,14 @@ struct UpgradeTests {
                 try await writer.set("before", "email", .granted)
                 try await receiver.waitForRequests(count: 1)
 
-                // What a next version's migration could do: another version row, and the index
-                // this binary's fan-out names in ON CONFLICT replaced (42P10 for it).
+                // What a next version's migration could do: another version row, and a column
+                // this binary's fan-out and claims name renamed (42703 for them).
                 let future = Migrations.latestVersion + 1
                 try await database.withConnection { connection in
                     try await connection.execute(
                         """
                         INSERT INTO consent_sync.schema_migrations (version, name) VALUES (\(future), 'from a newer consent-sync');
-                        DROP INDEX consent_sync.deliveries_by_change;
+                        ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of TO replay_of_renamed;
                         """
                     )
                 }
@@ -113,8 +113,7 @@ struct UpgradeTests {
                     try await connection.execute(
                         """
                         DELETE FROM consent_sync.schema_migrations WHERE version = \(future);
-                        CREATE UNIQUE INDEX deliveries_by_change ON consent_sync.deliveries
-                            (change_id, subscriber_id, (CASE WHEN replay_of IS NULL THEN 0 ELSE id END));
+                        ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of_renamed TO replay_of;
                         """
                     )
                 }
