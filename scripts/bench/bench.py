@@ -1108,6 +1108,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if statements:
                 self.reset_statement_statistics(db)
             xact0 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+            wal0 = self.pg.value("SELECT pg_current_wal_insert_lsn()")
             daemon = Daemons(self, db, os.path.join(self.out, f"daemon-{db}.log"), self.args.instances, wrapper=wrapper)
             watch = Stopwatch(self, daemon, nginx)
             before = watch.sample()
@@ -1129,6 +1130,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
             if perf_proc:
                 stop_process(perf_proc, sig=signal.SIGINT, timeout=120)
             xact1 = int(self.pg.value(f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+            wal_bytes = int(self.pg.value(f"SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '{wal0}')::bigint"))
             stmt_rows = self.statement_rows(db) if statements else None
             pids = {"daemon_pid": daemon.pid, "pg_pids": [p for p in [self.pg.postmaster_pid()] if p] + children_of(self.pg.postmaster_pid() or -1)}
             daemon.stop(timeout=300 if wrapper else 40)
@@ -1166,6 +1168,7 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                 "foreign_cpu_pct": round(cpu["foreign_cpu_pct"], 1), "load1": round(cpu["load1"], 2),
                 "peak_rss_mib": round(daemon_peak(watch) / 1024, 1),
                 "pg_transactions_per_delivery": round((xact1 - xact0) / n, 3) if n else None,
+                "pg_wal_bytes_per_delivery": round(wal_bytes / n, 1) if n else None,
                 "rate_by_10s": [row[1] for row in timeline],
                 "self_check": "ok" if ok else "FAILED", "check": check,
             }
@@ -1177,8 +1180,8 @@ FROM generate_series({j}::bigint, {hi - 1}::bigint) AS j ORDER BY j
                         f"({1000 * (q['exec_ms'] + q['plan_ms']) / max(1, n):.1f} us, {q['buffers'] / max(1, n):.1f} buffers "
                         f"per delivery): {q['query'][:60]}")
             log(f"{label}: {n} deliveries in {elapsed or 0:.2f} s = {result['deliveries_per_s']}/s; daemon "
-                f"{result['daemon_cpu_us_per_delivery']} us, PostgreSQL {result['pg_cpu_us_per_delivery']} us per delivery; "
-                f"peak RSS {result['peak_rss_mib']} MiB")
+                f"{result['daemon_cpu_us_per_delivery']} us, PostgreSQL {result['pg_cpu_us_per_delivery']} us per delivery "
+                f"({result['pg_wal_bytes_per_delivery']} bytes of WAL); peak RSS {result['peak_rss_mib']} MiB")
             return result
         finally:
             if daemon:
