@@ -203,6 +203,70 @@ struct StatementPlanTests {
         }
     }
 
+    /// An attempt is in one index, the primary key `(delivery_id, attempt, id)` (schema 11); the
+    /// write-back's check for an attempt already logged (after a lost answer) finds it there.
+    @Test func theWriteBackFindsAnAttemptAlreadyLoggedInTheAttemptsOneIndex() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await withClaimedDeliveries(100, on: database) { db, owner, claimed in
+                var records = claimed.map {
+                    AttemptRecord($0, verdict: .delivered, status: 204, error: nil, excerpt: nil, startedAt: Date(), duration: .milliseconds(1))
+                }
+                // Written once; the answer lost: written again, each attempt logged once.
+                _ = try await DeliveryStore.record(records, owner: owner, on: db)
+                for index in records.indices { records[index].mayBeLogged = true }
+                let plan = try await Self.explainAnalyzed(DeliveryStore.recordStatements(records, owner: owner)[1], as: "write_back_again", on: db)
+
+                let indexes = try await db.query("SELECT indexname FROM pg_indexes WHERE schemaname = 'consent_sync' AND tablename = 'attempts'")
+                #expect(try indexes.map { try $0.string("indexname") } == ["attempts_pkey"])
+                #expect(try await db.query("SELECT count(*) AS n FROM consent_sync.attempts").first?.int("n") == 100)
+                let look = plan.split(separator: "\n").first { $0.contains("using attempts_pkey on attempts a") }
+                #expect(look?.contains("loops=100)") == true, "\(plan)")
+                #expect(plan.contains("Index Cond: ((delivery_id = i_2.id) AND (attempt = i_2.attempt))"), "\(plan)")
+            }
+        }
+    }
+
+    /// A parked delivery (waiting behind an earlier one of its subject) has no entry in
+    /// `deliveries_due` (schema 11): no claim looks for it there, and most deliveries of a
+    /// drain are parked when fanned out. The claim still finds the due ones through that index.
+    @Test func parkedDeliveriesAreNotInTheClaimsIndexAndTheClaimUsesIt() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            try await RelayFixture.addSubscriber("crm", url: "http://127.0.0.1:9/hook", on: database)
+            try await database.withConnection { db in
+                try await DeliveryStore.prepareSession(db)
+                // 50 changes of one subject (one due, 49 parked behind it) and 10 of others.
+                try await db.execute(
+                    """
+                    INSERT INTO consent_sync.changes (table_name, operation, event_type, subject, purpose, status, fanned_out)
+                        SELECT 't', 'UPDATE', 'consent.granted', CASE WHEN g <= 50 THEN 'cust-1' ELSE 'cust-' || g END,
+                               'email', 'granted', false
+                        FROM generate_series(1, 60) g
+                    """
+                )
+                let fanned = try await DeliveryStore.fanOut(limit: 1000, on: db)
+                #expect(fanned.deliveries == 60)
+                // One delivery removed, so that VACUUM scans each index and counts its entries.
+                try await db.execute("DELETE FROM consent_sync.deliveries WHERE subject = 'cust-60'")
+                try await db.execute("VACUUM consent_sync.deliveries")
+                let entries = try await db.query(
+                    """
+                    SELECT c.relname, c.reltuples::bigint AS n FROM pg_class c
+                    WHERE c.relnamespace = 'consent_sync'::regnamespace AND c.relname IN ('deliveries_due', 'deliveries_live_by_subject')
+                    ORDER BY c.relname
+                    """
+                ).map { "\(try $0.string("relname")) \(try $0.string("n"))" }
+                #expect(entries == ["deliveries_due 10", "deliveries_live_by_subject 59"])
+
+                let subscriber = try #require(try await db.query("SELECT id FROM consent_sync.subscribers").first?.int64("id"))
+                let claim = DeliveryStore.claimStatement(owner: UUID(), budgets: [(subscriber, 100)], lease: .seconds(60))
+                let plan = try await Self.explainAnalyzed(claim, as: "claim", on: db)
+                #expect(plan.contains("Index Scan using deliveries_due on deliveries d"), "\(plan)")
+                let states = try await db.query("SELECT state || ' ' || count(*) AS line FROM consent_sync.deliveries GROUP BY state ORDER BY state")
+                #expect(try states.map { try $0.string("line") } == ["in_flight 10", "pending 49"])
+            }
+        }
+    }
+
     /// Retention deletes old changes in batches; the deleted changes cascade to their
     /// deliveries and those to their attempts (schema 10's statement triggers, one `DELETE` by
     /// an array of ids each), and to their events through a foreign key, by statements of the

@@ -27,6 +27,7 @@ public enum Migrations {
         Migration(version: 8, name: "capture through the WAL: logical decoding messages read from a replication slot", sql: v8),
         Migration(version: 9, name: "deliveries by change: an index the retention's cascade can use", sql: v9),
         Migration(version: 10, name: "the references of deliveries and attempts checked once per statement, not per row", sql: v10),
+        Migration(version: 11, name: "fewer index entries per delivery: parked deliveries out of deliveries_due, one index on attempts", sql: v11),
     ]
 
     static let v1 = #"""

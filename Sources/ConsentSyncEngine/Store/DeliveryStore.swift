@@ -292,6 +292,9 @@ enum DeliveryStore {
                 SELECT d.id FROM unnest($2::bigint[], $3::integer[]) AS b(subscriber_id, n) CROSS JOIN LATERAL (
                     SELECT d.id FROM consent_sync.deliveries d
                     WHERE d.subscriber_id = b.subscriber_id AND d.state = 'pending' AND d.next_attempt_at <= now()
+                      -- Parked deliveries are not in deliveries_due (schema 11); this says so to
+                      -- the planner, which cannot tell it from `<= now()`.
+                      AND d.next_attempt_at < 'infinity'
                       AND d.change_id = (
                           SELECT e.change_id FROM consent_sync.deliveries e
                           WHERE e.subscriber_id = d.subscriber_id AND e.subject = d.subject
@@ -542,8 +545,9 @@ enum DeliveryStore {
                 FROM heads h
                 WHERE d.id = h.id
                   -- Checked again on the row itself, should another transaction have changed it
-                  -- meanwhile; as parameters ('pending', 'infinity'), or the plan walks every
-                  -- parked delivery in deliveries_due instead of looking up these ids.
+                  -- meanwhile; as parameters ('pending', 'infinity'): with literals, the plan
+                  -- walked every parked delivery in deliveries_due (before schema 11 took them
+                  -- out of it) instead of looking up these ids.
                   AND d.state = $4::text AND d.next_attempt_at = $5::timestamptz
                 \(claimedReturning), h.followed
             ), unparked AS (
