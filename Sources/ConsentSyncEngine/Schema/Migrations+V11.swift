@@ -20,8 +20,9 @@ extension Migrations {
     /// Measured in `docs/benchmarks.md` ("Fewer index entries per delivery"): 1,953 to 1,843
     /// bytes of WAL per delivery of a drain.
     ///
-    /// Building the two indexes holds off writes to `deliveries` and `attempts` (and reads of
-    /// `attempts`) until they are built; deploy/INSTALL.md gives the time at 1,000,000.
+    /// Reads and writes of `deliveries` and `attempts` wait until the two indexes are built
+    /// (dropping an index locks its table until the migration commits); deploy/INSTALL.md
+    /// gives the time at 1,000,000.
     static let v11 = #"""
     DROP INDEX consent_sync.deliveries_due;
     CREATE INDEX deliveries_due ON consent_sync.deliveries (subscriber_id, next_attempt_at)
