@@ -124,4 +124,45 @@ struct UpgradeTests {
             }
         }
     }
+
+    /// The same with a migration that breaks none of the daemon's statements (schema 11 only
+    /// rebuilt two indexes: an older daemon's claim still ran, but read every live delivery).
+    /// The janitor finds the newer version itself: the daemon stops delivering and says why
+    /// until the schema matches it again.
+    @Test func aDaemonLeftRunningAfterANewerMigrateThatBreaksNoStatementStopsUntilItMatches() async throws {
+        try await RelayFixture.withMigratedDatabase { database in
+            let receiver = try await WebhookReceiver.start()
+            defer { Task { await receiver.stop() } }
+            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
+            let writer = ConsentWriter(database: database)
+            try await RelayFixture.withRelay(on: database) { running in
+                try await writer.set("before", "email", .granted)
+                try await receiver.waitForRequests(count: 1)
+
+                let future = Migrations.latestVersion + 1
+                try await database.withConnection { connection in
+                    try await connection.execute(
+                        "INSERT INTO consent_sync.schema_migrations (version, name) VALUES (\(future), 'from a newer consent-sync')"
+                    )
+                }
+                let expected = SchemaError.newerThanBinary(database: future, binary: Migrations.latestVersion).description
+                try await waitUntil("the relay reports the newer schema", timeout: .seconds(30)) {
+                    running.relay.health.snapshot.lastError == expected
+                }
+                #expect(!running.relay.health.snapshot.databaseReady)
+                // Captured meanwhile: kept, and not sent by this daemon while the schema is newer.
+                try await writer.set("during", "email", .denied)
+                try await Task.sleep(for: .seconds(1))
+                #expect(receiver.requests.count == 1)
+
+                try await database.withConnection { connection in
+                    try await connection.execute("DELETE FROM consent_sync.schema_migrations WHERE version = \(future)")
+                }
+                let requests = try await receiver.waitForRequests(count: 2, timeout: .seconds(60))
+                let subjects = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any])["subject"] as? String }
+                #expect(subjects == ["before", "during"])
+                try await waitUntil("the relay is ready again") { running.relay.health.snapshot.databaseReady }
+            }
+        }
+    }
 }

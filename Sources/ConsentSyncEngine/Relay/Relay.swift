@@ -40,6 +40,9 @@ public final class Relay: Service {
     /// delivery is claimed instead, for as long as this process runs.
     private let handOverFailures = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
+    /// The schema as the janitor last found it, when it is not the one this binary was built
+    /// for: the relay loop stops on it (see ``janitor()``).
+    private let schemaMismatchSeen = Mutex<SchemaError?>(nil)
     /// Daemons seen recently in `consent_sync.listeners` (this one included).
     private let liveInstances = Atomic<Int>(1)
     private let metrics = RelayMetrics()
@@ -225,36 +228,53 @@ public final class Relay: Service {
                     try await DeliveryStore.prepareSession(live)
                     connection = live
                 }
-                let instances = try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
-                liveInstances.store(max(1, instances), ordering: .relaxed)
-                let renewals = leased.withLock { $0 }
-                if !renewals.isEmpty {
-                    try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
-                }
-                // Other instances' only: see `takeBackOwnLeases`.
-                let expired = try await DeliveryStore.expireLeases(.ofOthers(than: instanceID), on: live)
-                if expired > 0 {
-                    logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
-                    metrics.expired(expired)
-                    doorbell.ring()
-                }
-                backlogSchedule.interval = configuration.backlogInterval
-                if backlogSchedule.isDue(at: .now) {
-                    let countStarted = ContinuousClock.now
-                    let lines = try await DeliveryStore.backlog(on: live)
-                    let took = ContinuousClock.now - countStarted
-                    backlogSchedule.counted(startedAt: countStarted, took: took)
-                    let pending = lines.reduce(0) { $0 + $1.backlog }
-                    logger.debug("counted the backlog", metadata: ["pending": "\(pending)", "took_ms": "\(took.milliseconds)"])
-                    for line in lines {
-                        metrics.backlog(subscriber: line.subscriber, pending: line.backlog, oldestSeconds: line.oldestSeconds, dead: line.dead)
+                // `consent-sync migrate` of another version, run while this daemon goes on: its
+                // statements may still run, with meanings or plans the migration changed (since
+                // schema 11 an older claim no longer finds deliveries_due, and reads every live
+                // delivery instead). So the relay loop stops and says why, as when one of its
+                // statements fails on the new schema, and so does this janitor's work.
+                if let mismatch = await Self.schemaMismatch(on: live) {
+                    let first = schemaMismatchSeen.withLock { seen in
+                        defer { seen = mismatch }
+                        return seen == nil
                     }
-                    health.update { $0.backlog = pending }
-                    metrics.captureSlot(try await CaptureStore.state(on: live))
-                }
-                if ContinuousClock.now - housekeptAt >= configuration.housekeepingInterval {
-                    housekeptAt = .now
-                    deadlinePairs = try await housekeeping(on: live, deadlinePairs: deadlinePairs)
+                    if first {
+                        // The mismatch says what to do: upgrade this binary, or run migrate.
+                        logger.error("the database schema does not match this consent-sync; delivery stops until it does", metadata: ["schema": "\(mismatch)"])
+                        doorbell.ring()
+                    }
+                } else {
+                    let instances = try await DeliveryStore.touchListener(instance: instanceID, staleAfter: max(.seconds(300), configuration.janitorInterval * 10), on: live)
+                    liveInstances.store(max(1, instances), ordering: .relaxed)
+                    let renewals = leased.withLock { $0 }
+                    if !renewals.isEmpty {
+                        try await DeliveryStore.renewLeases(owner: instanceID, leases: renewals, on: live)
+                    }
+                    // Other instances' only: see `takeBackOwnLeases`.
+                    let expired = try await DeliveryStore.expireLeases(.ofOthers(than: instanceID), on: live)
+                    if expired > 0 {
+                        logger.warning("took back expired leases", metadata: ["count": "\(expired)"])
+                        metrics.expired(expired)
+                        doorbell.ring()
+                    }
+                    backlogSchedule.interval = configuration.backlogInterval
+                    if backlogSchedule.isDue(at: .now) {
+                        let countStarted = ContinuousClock.now
+                        let lines = try await DeliveryStore.backlog(on: live)
+                        let took = ContinuousClock.now - countStarted
+                        backlogSchedule.counted(startedAt: countStarted, took: took)
+                        let pending = lines.reduce(0) { $0 + $1.backlog }
+                        logger.debug("counted the backlog", metadata: ["pending": "\(pending)", "took_ms": "\(took.milliseconds)"])
+                        for line in lines {
+                            metrics.backlog(subscriber: line.subscriber, pending: line.backlog, oldestSeconds: line.oldestSeconds, dead: line.dead)
+                        }
+                        health.update { $0.backlog = pending }
+                        metrics.captureSlot(try await CaptureStore.state(on: live))
+                    }
+                    if ContinuousClock.now - housekeptAt >= configuration.housekeepingInterval {
+                        housekeptAt = .now
+                        deadlinePairs = try await housekeeping(on: live, deadlinePairs: deadlinePairs)
+                    }
                 }
             } catch {
                 if !Task.isCancelled { logger.warning("janitor failed", metadata: ["error": "\(error)"]) }
@@ -317,10 +337,18 @@ public final class Relay: Service {
                 state.maxInFlight = configuration.maxInFlight
                 state.instances = liveInstances.load(ordering: .relaxed)
                 let db: PostgresConnection
-                if let connection { db = connection } else {
+                if let connection {
+                    if let mismatch = schemaMismatchSeen.withLock({ $0 }) {
+                        // Found by the janitor: connect anew, where the check holds every
+                        // further try until the schema matches this binary.
+                        throw mismatch
+                    }
+                    db = connection
+                } else {
                     db = try await PostgresConnection.connect(database, logger: logger)
                     try await DeliveryStore.prepareSession(db)
                     try await Migrator.requireCurrent(db)
+                    schemaMismatchSeen.withLock { $0 = nil }
                     installationID = try await DeliveryStore.installationID(on: db)
                     // Registered even when polling only: rate limits are shared among the daemons here.
                     try await DeliveryStore.setIdle(false, instance: instanceID, on: db)
