@@ -7,18 +7,45 @@ import Foundation
 public enum WebhookSigner {
     /// The value of the `webhook-signature` header for a message.
     public static func signature(id: String, timestamp: Int64, body: [UInt8], secrets: [SigningSecret]) -> String {
-        secrets.map { "v1," + sign(id: id, timestamp: timestamp, body: body, secret: $0) }.joined(separator: " ")
+        var header = ""
+        for secret in secrets {
+            if !header.isEmpty { header += " " }
+            header += "v1,"
+            header += sign(id: id, timestamp: timestamp, body: body, secret: secret)
+        }
+        return header
     }
 
     static func sign(id: String, timestamp: Int64, body: [UInt8], secret: SigningSecret) -> String {
         var mac = secret.keyed
-        var prefix = id
-        prefix += "."
-        prefix += String(timestamp)
-        prefix += "."
-        prefix.withUTF8 { mac.update(data: UnsafeRawBufferPointer($0)) }
-        mac.update(data: body)
-        return Data(mac.finalize()).base64EncodedString()
+        var id = id
+        var stamp = String(timestamp)
+        // The signed content `id.timestamp.body` goes to the MAC in one buffer and one call:
+        // each call of the generic `update(data:)` cost more than hashing a 600-byte body
+        // (profiled in a drain: 1.6 % of the daemon's CPU against 0.9 % in SHA-256 itself).
+        id.withUTF8 { id in
+            stamp.withUTF8 { stamp in
+                body.withUnsafeBytes { body in
+                    let count = id.count + 1 + stamp.count + 1 + body.count
+                    withUnsafeTemporaryAllocation(byteCount: count, alignment: 1) { content in
+                        var offset = 0
+                        func put(_ bytes: UnsafeRawBufferPointer) {
+                            UnsafeMutableRawBufferPointer(rebasing: content[offset..<offset + bytes.count]).copyMemory(from: bytes)
+                            offset += bytes.count
+                        }
+                        put(UnsafeRawBufferPointer(id))
+                        content[offset] = UInt8(ascii: ".")
+                        offset += 1
+                        put(UnsafeRawBufferPointer(stamp))
+                        content[offset] = UInt8(ascii: ".")
+                        offset += 1
+                        put(body)
+                        mac.update(data: UnsafeRawBufferPointer(content))
+                    }
+                }
+            }
+        }
+        return mac.finalize().withUnsafeBytes { Data($0).base64EncodedString() }
     }
 
     /// Verifies a received message; throws a ``WebhookVerificationError`` saying why it was refused.
