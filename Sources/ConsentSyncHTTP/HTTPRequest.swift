@@ -68,21 +68,21 @@ extension HTTPRequest {
     /// (header injection), schemes `configuration` does not allow, bodies over
     /// its limit, empty limits. Messages name the offending header, never its value.
     func validate(_ configuration: HTTPClient.Configuration) throws(HTTPClientError) {
-        if self.url.utf8.contains(where: { $0 < 0x21 || $0 == 0x7F }) {
+        if self.url.utf8.containsByte(where: { $0 < 0x21 || $0 == 0x7F }) {
             throw HTTPClientError(code: .invalidURL, message: "the URL contains whitespace or control characters")
         }
         guard let scheme = Self.scheme(of: self.url) else {
             throw HTTPClientError(code: .invalidURL, message: "the URL has no scheme; use http:// or https://")
         }
         try configuration.checkScheme(scheme)
-        guard !self.method.isEmpty, self.method.utf8.allSatisfy(isTokenCharacter) else {
+        guard !self.method.isEmpty, !self.method.utf8.containsByte(where: { !isTokenCharacter($0) }) else {
             throw HTTPClientError(code: .invalidRequest, message: "the method is not an HTTP token")
         }
         for header in self.headers {
-            guard !header.name.isEmpty, header.name.utf8.allSatisfy(isTokenCharacter) else {
+            guard !header.name.isEmpty, !header.name.utf8.containsByte(where: { !isTokenCharacter($0) }) else {
                 throw HTTPClientError(code: .invalidRequest, message: "a header name is not an HTTP token")
             }
-            if header.value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }) {
+            if header.value.utf8.containsByte(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }) {
                 throw HTTPClientError(
                     code: .invalidRequest,
                     message: "the value of header '\(header.name)' contains CR, LF or NUL"
@@ -112,6 +112,15 @@ extension HTTPRequest {
             scheme.allSatisfy({ isASCIILetter($0) || isASCIIDigit($0) || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") })
         else { return nil }
         return String(decoding: scheme, as: UTF8.self).lowercased()
+    }
+}
+
+extension String.UTF8View {
+    /// Whether a byte satisfies `predicate`: a loop over the string's contiguous bytes where it
+    /// has them (native strings do). Stepping through the view's indices instead was about 1 µs
+    /// of every request's checks (profiled in a drain).
+    fileprivate func containsByte(where predicate: (UInt8) -> Bool) -> Bool {
+        self.withContiguousStorageIfAvailable { $0.contains(where: predicate) } ?? self.contains(where: predicate)
     }
 }
 

@@ -20,8 +20,9 @@ final class CurlMultiLoop: @unchecked Sendable {
     private let shared = Mutex(Shared())
     private let exited = DispatchGroup()
     private let configuration: HTTPClient.Configuration
-    /// ``HTTPClient/Configuration/curlProtocols``, built once rather than for every request.
-    private let protocols: String
+    /// ``HTTPClient/Configuration/curlProtocols`` as a C string, built once rather than for
+    /// every request (a Swift string this short is stored inline and copied out per use).
+    private let protocols: ContiguousArray<CChar>
     private let logger: Logger
 
     private struct Shared {
@@ -46,7 +47,7 @@ final class CurlMultiLoop: @unchecked Sendable {
         }
         self.multi = multi
         self.configuration = configuration
-        self.protocols = configuration.curlProtocols
+        self.protocols = configuration.curlProtocols.utf8CString
         self.logger = logger
         let perHost = max(1, configuration.maxConnectionsPerHost)
         let total = max(perHost, configuration.maxTotalConnections)

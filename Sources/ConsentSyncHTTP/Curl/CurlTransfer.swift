@@ -46,7 +46,7 @@ final class CurlTransfer {
     /// request never runs with a protection missing.
     /// `protocols`: the configuration's ``HTTPClient/Configuration/curlProtocols``.
     init(
-        pending: PendingRequest, easy: UnsafeMutableRawPointer, configuration: HTTPClient.Configuration, protocols: String
+        pending: PendingRequest, easy: UnsafeMutableRawPointer, configuration: HTTPClient.Configuration, protocols: ContiguousArray<CChar>
     ) throws(HTTPClientError) {
         self.pending = pending
         self.easy = easy
@@ -67,11 +67,15 @@ final class CurlTransfer {
 
     // MARK: Options
 
-    private func configure(_ request: HTTPRequest, _ configuration: HTTPClient.Configuration, protocols: String) throws(HTTPClientError) {
+    private func configure(
+        _ request: HTTPRequest, _ configuration: HTTPClient.Configuration, protocols: ContiguousArray<CChar>
+    ) throws(HTTPClientError) {
         try self.set("ERRORBUFFER", ccurl_easy_setopt_pointer(self.easy, CURLOPT_ERRORBUFFER, self.errorBuffer))
         try self.set("URL", ccurl_easy_setopt_string(self.easy, CURLOPT_URL, request.url))
-        try self.set("PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_PROTOCOLS_STR, protocols))
-        try self.set("REDIR_PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_REDIR_PROTOCOLS_STR, protocols))
+        try protocols.withUnsafeBufferPointer { protocols throws(HTTPClientError) in
+            try self.set("PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_PROTOCOLS_STR, protocols.baseAddress))
+            try self.set("REDIR_PROTOCOLS_STR", ccurl_easy_setopt_string(self.easy, CURLOPT_REDIR_PROTOCOLS_STR, protocols.baseAddress))
+        }
         try self.set("FOLLOWLOCATION", ccurl_easy_setopt_long(self.easy, CURLOPT_FOLLOWLOCATION, 0))
         try self.set("NOSIGNAL", ccurl_easy_setopt_long(self.easy, CURLOPT_NOSIGNAL, 1))
         try self.set("TIMEOUT_MS", ccurl_easy_setopt_long(self.easy, CURLOPT_TIMEOUT_MS, request.timeout.curlMilliseconds))
@@ -82,8 +86,14 @@ final class CurlTransfer {
         // Explicit values, even "", stop libcurl from reading HTTP(S)_PROXY,
         // ALL_PROXY and NO_PROXY from the environment: a proxy is used only
         // when configured, and then for every request.
-        try self.set("PROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_PROXY, configuration.proxy ?? ""))
-        try self.set("NOPROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_NOPROXY, configuration.proxy == nil ? "*" : ""))
+        // (Literals where they can be: they reach C as they are, a short Swift string is copied.)
+        if let proxy = configuration.proxy {
+            try self.set("PROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_PROXY, proxy))
+            try self.set("NOPROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_NOPROXY, ""))
+        } else {
+            try self.set("PROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_PROXY, ""))
+            try self.set("NOPROXY", ccurl_easy_setopt_string(self.easy, CURLOPT_NOPROXY, "*"))
+        }
         try self.set("USERAGENT", ccurl_easy_setopt_string(self.easy, CURLOPT_USERAGENT, configuration.userAgent))
         try self.configureTLS(request.tls)
         if !request.resolveOverrides.isEmpty {
@@ -154,14 +164,13 @@ final class CurlTransfer {
     private func configureHeaders(_ headers: [HTTPHeader], sendsBody: Bool) throws(HTTPClientError) {
         // "Name:" with nothing after it removes a header libcurl would add by itself.
         if !headers.contains(where: { $0.name.equalsIgnoringASCIICase("Expect") }) {
-            try self.append("Expect:", to: &self.headerList)  // no 100-continue round trip
+            try self.append(static: "Expect:", to: &self.headerList)  // no 100-continue round trip
         }
         if sendsBody, !headers.contains(where: { $0.name.equalsIgnoringASCIICase("Content-Type") }) {
-            try self.append("Content-Type:", to: &self.headerList)  // not libcurl's application/x-www-form-urlencoded
+            try self.append(static: "Content-Type:", to: &self.headerList)  // not libcurl's application/x-www-form-urlencoded
         }
         for header in headers {
-            // "Name;" is libcurl's spelling of a header with an empty value.
-            try self.append(header.value.isEmpty ? header.name + ";" : header.name + ": " + header.value, to: &self.headerList)
+            try self.append(header, to: &self.headerList)
         }
         try self.set("HTTPHEADER", ccurl_easy_setopt_slist(self.easy, CURLOPT_HTTPHEADER, self.headerList))
     }
@@ -217,6 +226,51 @@ final class CurlTransfer {
         for line in lines {
             try self.append(line, to: &list)
         }
+    }
+
+    /// Appends `Name: value`, or `Name;` (libcurl's spelling of a header with an empty value),
+    /// written as a C string in place: joining them as Swift strings first allocated once more
+    /// per header of every request.
+    private func append(_ header: HTTPHeader, to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
+        var name = header.name
+        var value = header.value
+        let appended = name.withUTF8 { name in
+            value.withUTF8 { value in
+                let count = name.count + (value.isEmpty ? 1 : 2 + value.count) + 1
+                return withUnsafeTemporaryAllocation(of: CChar.self, capacity: count) { line -> UnsafeMutablePointer<curl_slist>? in
+                    let bytes = UnsafeMutableRawBufferPointer(line)
+                    var offset = 0
+                    func put(_ part: UnsafeBufferPointer<UInt8>) {
+                        UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + part.count]).copyMemory(from: UnsafeRawBufferPointer(part))
+                        offset += part.count
+                    }
+                    put(name)
+                    if value.isEmpty {
+                        bytes[offset] = UInt8(ascii: ";")
+                        offset += 1
+                    } else {
+                        bytes[offset] = UInt8(ascii: ":")
+                        bytes[offset + 1] = UInt8(ascii: " ")
+                        offset += 2
+                        put(value)
+                    }
+                    bytes[offset] = 0
+                    return curl_slist_append(list, line.baseAddress)  // copies the line
+                }
+            }
+        }
+        guard let appended else {
+            throw HTTPClientError(code: .other, message: "curl_slist_append failed (out of memory?)")
+        }
+        list = appended
+    }
+
+    private func append(static line: StaticString, to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
+        let cString = UnsafeRawPointer(line.utf8Start).assumingMemoryBound(to: CChar.self)
+        guard let appended = curl_slist_append(list, cString) else {
+            throw HTTPClientError(code: .other, message: "curl_slist_append failed (out of memory?)")
+        }
+        list = appended
     }
 
     private func append(_ line: String, to list: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPClientError) {
