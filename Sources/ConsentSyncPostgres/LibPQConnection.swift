@@ -117,12 +117,12 @@ final class LibPQConnection: @unchecked Sendable {
         guard let conn = self.conn else {
             return .failure(PostgresError(code: .connectionClosed, message: "the connection is closed", query: sql, isConnectionError: true))
         }
-        if sql.utf8.contains(0) {
+        if sql.utf8.containsNUL {
             return .failure(PostgresError(code: .invalidArgument, message: "the SQL text contains a NUL byte", query: sql))
         }
         let result: OpaquePointer?
         if let parameters {
-            if let position = parameters.firstIndex(where: { $0?.utf8.contains(0) == true }) {
+            if let position = parameters.firstIndex(where: { $0?.utf8.containsNUL == true }) {
                 return .failure(PostgresError(
                     code: .invalidArgument,
                     message: "parameter $\(position + 1) contains a NUL byte, which text values cannot hold",
@@ -175,9 +175,9 @@ final class LibPQConnection: @unchecked Sendable {
         }
         // Names of the statements already prepared on this connection (their SQL was checked
         // when they were prepared: a round's texts are several kilobytes, sent every round).
-        let known = statements.map { prepare || $0.prepared ? self.preparedNames[$0.sql] : nil }
+        let known = statements.map { prepare || $0.prepared ? self.preparedNames[SQLText($0.sql)] : nil }
         for (statement, name) in zip(statements, known) {
-            if (name == nil && statement.sql.utf8.contains(0)) || statement.parameters.contains(where: { $0?.utf8.contains(0) == true }) {
+            if (name == nil && statement.sql.utf8.containsNUL) || statement.parameters.contains(where: { $0?.utf8.containsNUL == true }) {
                 return failAll(PostgresError(code: .invalidArgument, message: "a statement or parameter contains a NUL byte", query: statement.sql))
             }
         }
@@ -192,21 +192,21 @@ final class LibPQConnection: @unchecked Sendable {
         var sent = 0
         var syncs = 0
         var preparing: [Int: String] = [:]  // statement index -> name being prepared
-        var preparingBySQL: [String: String] = [:]
+        var preparingBySQL: [SQLText: String] = [:]
         sending: for group in groups where !group.isEmpty {
             for statement in group {
                 let values = statement.parameters.map { $0.map { strdup($0) } ?? nil }
                 defer { values.forEach { free($0) } }
                 let count = Int32(values.count)
                 let prepare = prepare || statement.prepared
-                var name = prepare ? known[sent] ?? preparingBySQL[statement.sql] : nil
+                var name = prepare ? known[sent] ?? preparingBySQL[SQLText(statement.sql)] : nil
                 if name == nil, prepare, self.preparedCount < Self.maxPreparedStatements {
                     // A fresh name each time: one that failed or went unconfirmed is never reused.
                     self.preparedCount += 1
                     let newName = "consent_sync_\(self.preparedCount)"
                     guard PQsendPrepare(conn, newName, statement.sql, count, nil) == 1 else { break sending }
                     preparing[sent] = newName
-                    preparingBySQL[statement.sql] = newName
+                    preparingBySQL[SQLText(statement.sql)] = newName
                     name = newName
                 }
                 let ok: Int32
@@ -236,7 +236,7 @@ final class LibPQConnection: @unchecked Sendable {
                 if let name = preparing[results.count] {
                     if let prepared = PQgetResult(conn) {
                         if PQresultStatus(prepared) == PGRES_COMMAND_OK {
-                            self.preparedNames[statement.sql] = name
+                            self.preparedNames[SQLText(statement.sql)] = name
                             PQclear(prepared)
                         } else if PQresultStatus(prepared) == PGRES_PIPELINE_ABORTED {
                             PQclear(prepared)
@@ -285,7 +285,7 @@ final class LibPQConnection: @unchecked Sendable {
     }
 
     /// Statements prepared on this connection by ``executePipeline(_:)``, by SQL text.
-    private var preparedNames: [String: String] = [:]
+    private var preparedNames: [SQLText: String] = [:]
     /// Names handed out so far (prepared or attempted).
     private var preparedCount = 0
     /// Beyond this many, statements run unprepared (a bound for callers that vary their SQL).
@@ -547,6 +547,45 @@ final class NoticeSink: Sendable {
 private func noticeReceiver(_ argument: UnsafeMutableRawPointer?, _ result: OpaquePointer?) {
     guard let argument, let result else { return }
     Unmanaged<NoticeSink>.fromOpaque(argument).takeUnretainedValue().receive(result)
+}
+
+/// A statement's text as the key of the prepared statements: hashed by its length and its
+/// first and last bytes, compared whole. A round's texts (several kilobytes) are looked up
+/// every round; hashing each of them whole was about 1 % of the daemon's CPU in a drain.
+/// Texts that differ only in the middle share a bucket, which costs a comparison, not a
+/// wrong answer.
+struct SQLText: Hashable {
+    let text: String
+
+    init(_ text: String) {
+        self.text = text
+    }
+
+    static func == (lhs: SQLText, rhs: SQLText) -> Bool {
+        lhs.text == rhs.text
+    }
+
+    func hash(into hasher: inout Hasher) {
+        var text = self.text
+        text.withUTF8 { bytes in
+            hasher.combine(bytes.count)
+            let edge = min(bytes.count, 256)
+            hasher.combine(bytes: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[..<edge])))
+            hasher.combine(bytes: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[(bytes.count - edge)...])))
+        }
+    }
+}
+
+extension String.UTF8View {
+    /// Whether the text holds a NUL byte (which libpq's C strings cannot carry): `memchr` over
+    /// the contiguous bytes of a native string, rather than a step through the view's indices
+    /// (a round's parameters are kilobytes).
+    var containsNUL: Bool {
+        self.withContiguousStorageIfAvailable { bytes in
+            guard let base = bytes.baseAddress else { return false }
+            return memchr(base, 0, bytes.count) != nil
+        } ?? self.contains(0)
+    }
 }
 
 /// `PQresultErrorField` with a one-letter field code (the `PG_DIAG_*` macros do not import into Swift).

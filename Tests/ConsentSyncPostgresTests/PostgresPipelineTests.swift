@@ -105,6 +105,42 @@ struct PostgresPipelineTests {
         }
     }
 
+    /// Prepared statements are found by a hash of a text's length and ends: texts as long as a
+    /// round's, alike but for their middle, must still each run as themselves.
+    @Test func longTextsThatDifferOnlyInTheMiddleArePreparedApart() async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            try await database.withOpenConnection { connection in
+                let padding = String(repeating: "-- the same comment on every line of both texts\n", count: 40)
+                let one = PostgresStatement(padding + "SELECT $1::int + 1 AS n\n" + padding, ["1"], prepared: true)
+                let two = PostgresStatement(padding + "SELECT $1::int + 2 AS n\n" + padding, ["1"], prepared: true)
+                #expect(one.sql.utf8.count == two.sql.utf8.count)
+                for _ in 0..<3 {
+                    let results = try await connection.pipeline([[one, two], [two]])
+                    #expect(try results.map { try $0.get().first?.int("n") } == [2, 3, 3])
+                }
+                let count = try await connection.query("SELECT count(*) AS n FROM pg_prepared_statements")
+                #expect(try count.first?.int("n") == 2)
+            }
+        }
+    }
+
+    @Test func aNULByteInAParameterFailsThePipelineAndSendsNothing() async throws {
+        try await TestDatabase.withTemporaryDatabase { database in
+            try await database.withOpenConnection { connection in
+                try await connection.execute("CREATE TABLE items (name text)")
+                let insert = PostgresStatement("INSERT INTO items VALUES ($1::text)", ["fine"], prepared: true)
+                var bad = insert
+                bad.parameters = [String(repeating: "x", count: 5_000) + "\u{0}"]
+                let results = try await connection.pipeline([[insert], [bad]])
+                #expect(results.count == 2)
+                for result in results {
+                    #expect(result.failureValue?.code == .invalidArgument)
+                }
+                #expect(try await connection.query("SELECT count(*) AS n FROM items").first?.int("n") == 0)
+            }
+        }
+    }
+
     @Test func onlyStatementsMarkedPreparedArePreparedInAnUnpreparedPipeline() async throws {
         try await TestDatabase.withTemporaryDatabase { database in
             try await database.withOpenConnection { connection in
