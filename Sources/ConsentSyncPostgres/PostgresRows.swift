@@ -40,30 +40,62 @@ public struct PostgresRow: Sendable {
 
     /// The value of `column`; throws when the column is missing or NULL.
     public func string(_ column: String) throws -> String {
-        guard let index = self.columns.indexByName[column] else {
-            throw Self.error("no column \"\(column)\" in the result (columns: \(self.columns.names.joined(separator: ", ")))")
-        }
-        guard let value = self.values[index] else {
-            throw Self.error("column \"\(column)\" is NULL")
-        }
-        return value
+        try self.string(at: try self.columns.index(of: column))
     }
 
     public func int(_ column: String) throws -> Int {
-        try self.parse(column, as: "an integer", Int.init)
+        try self.int(at: try self.columns.index(of: column))
     }
 
     public func int64(_ column: String) throws -> Int64 {
-        try self.parse(column, as: "a 64-bit integer", Int64.init)
+        try self.int64(at: try self.columns.index(of: column))
     }
 
     public func double(_ column: String) throws -> Double {
-        try self.parse(column, as: "a floating-point number", Double.init)
+        try self.double(at: try self.columns.index(of: column))
     }
 
     /// A `boolean` column (`t`/`f` in text format).
     public func bool(_ column: String) throws -> Bool {
-        try self.parse(column, as: "a boolean") { text in
+        try self.bool(at: try self.columns.index(of: column))
+    }
+
+    /// The value of `column`, `nil` for NULL or an unknown column.
+    public func optionalString(_ column: String) -> String? {
+        self[column]
+    }
+
+    // By position: for callers that read many rows of one result, with the positions found
+    // once by ``PostgresRows/index(of:)`` (a name is hashed for every lookup). Errors name
+    // the column, as above.
+
+    /// The value at `index`; throws when it is NULL.
+    public func string(at index: Int) throws -> String {
+        guard let value = self.values[index] else {
+            throw Self.error("column \"\(self.columns.names[index])\" is NULL")
+        }
+        return value
+    }
+
+    /// The value at `index`, `nil` for NULL.
+    public func optionalString(at index: Int) -> String? {
+        self.values[index]
+    }
+
+    public func int(at index: Int) throws -> Int {
+        try self.parse(index, as: "an integer", Int.init)
+    }
+
+    public func int64(at index: Int) throws -> Int64 {
+        try self.parse(index, as: "a 64-bit integer", Int64.init)
+    }
+
+    public func double(at index: Int) throws -> Double {
+        try self.parse(index, as: "a floating-point number", Double.init)
+    }
+
+    public func bool(at index: Int) throws -> Bool {
+        try self.parse(index, as: "a boolean") { text in
             switch text {
             case "t", "true": true
             case "f", "false": false
@@ -72,33 +104,33 @@ public struct PostgresRow: Sendable {
         }
     }
 
-    /// The value of `column`, `nil` for NULL or an unknown column.
-    public func optionalString(_ column: String) -> String? {
-        self[column]
-    }
-
     /// The value of `column` as an integer, `nil` for NULL; throws when it does not parse.
     public func optionalInt(_ column: String) throws -> Int? {
-        guard self[column] != nil else {
-            guard self.columns.indexByName[column] != nil else {
-                throw Self.error("no column \"\(column)\" in the result (columns: \(self.columns.names.joined(separator: ", ")))")
-            }
-            return nil
-        }
-        return try self.int(column)
+        let index = try self.columns.index(of: column)
+        return self.values[index] == nil ? nil : try self.int(at: index)
     }
 
-    private func parse<T>(_ column: String, as what: String, _ convert: (String) -> T?) throws -> T {
-        let text = try self.string(column)
+    private func parse<T>(_ index: Int, as what: String, _ convert: (String) -> T?) throws -> T {
+        let text = try self.string(at: index)
         guard let value = convert(text) else {
             // The value itself stays out of the message: it may be personal data.
-            throw Self.error("column \"\(column)\" is not \(what)")
+            throw Self.error("column \"\(self.columns.names[index])\" is not \(what)")
         }
         return value
     }
 
-    private static func error(_ message: String) -> PostgresError {
+    static func error(_ message: String) -> PostgresError {
         PostgresError(code: .invalidResult, message: message)
+    }
+}
+
+extension PostgresColumns {
+    /// The position of `column`; throws, listing the columns there are, when it is missing.
+    func index(of column: String) throws -> Int {
+        guard let index = self.indexByName[column] else {
+            throw PostgresRow.error("no column \"\(column)\" in the result (columns: \(self.names.joined(separator: ", ")))")
+        }
+        return index
     }
 }
 
@@ -123,6 +155,12 @@ public struct PostgresRows: Sendable, RandomAccessCollection {
 
     public var startIndex: Int { self.rows.startIndex }
     public var endIndex: Int { self.rows.endIndex }
+
+    /// The position of `column` in every row (for the `at:` accessors of ``PostgresRow``);
+    /// throws when the result has no such column.
+    public func index(of column: String) throws -> Int {
+        try self.columnSet.index(of: column)
+    }
 
     public subscript(position: Int) -> PostgresRow {
         PostgresRow(columns: self.columnSet, values: self.rows[position])

@@ -45,6 +45,15 @@ struct PostgresConnectionTests {
                 #expect(throws: PostgresError.self) { try row.string("no_such_column") }
                 #expect(throws: PostgresError.self) { try row.optionalInt("no_such_column") }
                 #expect(throws: PostgresError.self) { try row.bool("email") }
+                // By position, as the relay reads its claims: the same errors, naming the column.
+                let rows = try await connection.query("SELECT 'secret@example.com'::text AS email, NULL::int AS n")
+                #expect(try rows.index(of: "n") == 1)
+                #expect(throws: PostgresError.self) { try rows.index(of: "no_such_column") }
+                let notIntAt = #expect(throws: PostgresError.self) { try row.int(at: 0) }
+                #expect(notIntAt?.message == #"column "email" is not an integer"#)
+                let nullAt = #expect(throws: PostgresError.self) { try row.string(at: 1) }
+                #expect(nullAt?.message == #"column "n" is NULL"#)
+                #expect(row.optionalString(at: 1) == nil)
             }
         }
     }

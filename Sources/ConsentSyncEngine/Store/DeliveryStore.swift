@@ -370,42 +370,74 @@ enum DeliveryStore {
     /// The deliveries of ``claimedRows``: a row without its change's columns takes them from an
     /// earlier row of the same change.
     static func claimResult(_ rows: PostgresRows) throws -> [ClaimedDelivery] {
+        // Positions found once per result: by name, each of a row's 20 values hashed its
+        // column's name (about 0.5 us per delivery in a profiled drain).
+        let column = try ClaimColumns(rows)
         var changes: [Int64: ConsentChange] = [:]
         return try rows.map { row in
-            let id = try row.int64("id")
-            let changeID = try row.int64("change_id")
+            let id = try row.int64(at: column.id)
+            let changeID = try row.int64(at: column.changeID)
             let change: ConsentChange
-            if row.optionalString("event_id") == nil {
+            if row.optionalString(at: column.eventID) == nil {
                 change = try changes[changeID].orThrow("delivery \(id): its change \(changeID) was not returned")
             } else {
-                let operation = try row.string("operation")
+                let operation = try row.string(at: column.operation)
                 change = ConsentChange(
                     id: changeID,
-                    eventID: try row.string("event_id"),
-                    table: try row.string("table_name"),
+                    eventID: try row.string(at: column.eventID),
+                    table: try row.string(at: column.table),
                     operation: try ConsentChange.Operation(rawValue: operation).orThrow("unknown operation '\(operation)'"),
-                    eventType: try row.string("event_type"),
-                    subject: try row.string("subject"),
-                    purpose: try row.string("purpose"),
-                    status: row.optionalString("status"),
-                    previousStatus: row.optionalString("previous_status"),
-                    source: row.optionalString("source"),
-                    changedAt: Date(timeIntervalSince1970: try row.double("changed_at")),
-                    attributesJSON: row.optionalString("attributes"),
-                    problem: row.optionalString("problem")
+                    eventType: try row.string(at: column.eventType),
+                    subject: try row.string(at: column.subject),
+                    purpose: try row.string(at: column.purpose),
+                    status: row.optionalString(at: column.status),
+                    previousStatus: row.optionalString(at: column.previousStatus),
+                    source: row.optionalString(at: column.source),
+                    changedAt: Date(timeIntervalSince1970: try row.double(at: column.changedAt)),
+                    attributesJSON: row.optionalString(at: column.attributes),
+                    problem: row.optionalString(at: column.problem)
                 )
                 changes[changeID] = change
             }
             return ClaimedDelivery(
                 id: id,
-                subscriberID: try row.int64("subscriber_id"),
-                attempt: try row.int("attempts"),
-                age: .milliseconds(Int64(try row.double("age") * 1000)),
-                attemptsBeforeRequeue: try row.int("attempts_before_requeue"),
-                replayOf: row.optionalString("replay_of").flatMap(Int64.init),
+                subscriberID: try row.int64(at: column.subscriberID),
+                attempt: try row.int(at: column.attempts),
+                age: .milliseconds(Int64(try row.double(at: column.age) * 1000)),
+                attemptsBeforeRequeue: try row.int(at: column.attemptsBeforeRequeue),
+                replayOf: row.optionalString(at: column.replayOf).flatMap(Int64.init),
                 change: change,
-                followed: try row.bool("followed")
+                followed: try row.bool(at: column.followed)
             )
+        }
+    }
+
+    /// Where ``claimedRows(followed:)``'s columns are in a result.
+    private struct ClaimColumns {
+        let id, changeID, subscriberID, attempts, attemptsBeforeRequeue, replayOf, age, followed: Int
+        let eventID, table, operation, eventType, subject, purpose, status, previousStatus, source, changedAt, attributes, problem: Int
+
+        init(_ rows: PostgresRows) throws {
+            id = try rows.index(of: "id")
+            changeID = try rows.index(of: "change_id")
+            subscriberID = try rows.index(of: "subscriber_id")
+            attempts = try rows.index(of: "attempts")
+            attemptsBeforeRequeue = try rows.index(of: "attempts_before_requeue")
+            replayOf = try rows.index(of: "replay_of")
+            age = try rows.index(of: "age")
+            followed = try rows.index(of: "followed")
+            eventID = try rows.index(of: "event_id")
+            table = try rows.index(of: "table_name")
+            operation = try rows.index(of: "operation")
+            eventType = try rows.index(of: "event_type")
+            subject = try rows.index(of: "subject")
+            purpose = try rows.index(of: "purpose")
+            status = try rows.index(of: "status")
+            previousStatus = try rows.index(of: "previous_status")
+            source = try rows.index(of: "source")
+            changedAt = try rows.index(of: "changed_at")
+            attributes = try rows.index(of: "attributes")
+            problem = try rows.index(of: "problem")
         }
     }
 
