@@ -268,7 +268,7 @@ public enum SubscriberStore {
 
 /// A PostgreSQL array literal for a bound `text[]` (or, with a cast, any array) parameter.
 func postgresArray(_ values: [String]) -> String {
-    postgresArrayOfOptionals(values.map { Optional($0) })
+    arrayLiteral(values) { $0 }
 }
 
 /// Like ``postgresArray(_:)``, with `nil` as SQL NULL. NUL characters, which PostgreSQL
@@ -277,29 +277,39 @@ func postgresArray(_ values: [String]) -> String {
 /// Escaping works on UTF-8 bytes, not `Character`s: a quote followed by a combining mark is
 /// one grapheme, and must still be escaped (found with a receiver answering random bytes).
 /// The three bytes it looks for (`"`, `\`, NUL) never occur inside a multi-byte sequence.
-/// Built once per round for every result written back, so it copies bytes rather than
-/// appending scalars one by one.
+/// Built once per round for every result written back, so it copies each value's runs of
+/// bytes that need no escape whole, from its contiguous storage: byte by byte through
+/// `String.UTF8View` it was about 0.6 µs per delivery of a drain (profiled).
 func postgresArrayOfOptionals(_ values: [String?]) -> String {
+    arrayLiteral(values) { $0 }
+}
+
+private func arrayLiteral<Value>(_ values: [Value], _ text: (Value) -> String?) -> String {
     var literal: [UInt8] = []
-    literal.reserveCapacity(2 + values.reduce(0) { $0 + ($1?.utf8.count ?? 4) + 3 })
+    literal.reserveCapacity(2 + values.reduce(0) { $0 + (text($1)?.utf8.count ?? 4) + 3 })
     literal.append(UInt8(ascii: "{"))
     for (index, value) in values.enumerated() {
         if index > 0 { literal.append(UInt8(ascii: ",")) }
-        guard let value else {
+        guard var value = text(value) else {
             literal.append(contentsOf: "NULL".utf8)
             continue
         }
         literal.append(UInt8(ascii: "\""))
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
-                literal.append(UInt8(ascii: "\\"))
-                literal.append(byte)
-            case 0:
-                literal.append(contentsOf: [0xEF, 0xBF, 0xBD])  // U+FFFD
-            default:
-                literal.append(byte)
+        value.withUTF8 { bytes in
+            var start = 0
+            for position in bytes.indices {
+                let byte = bytes[position]
+                guard byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0 else { continue }
+                literal.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<position]))
+                if byte == 0 {
+                    literal.append(contentsOf: [0xEF, 0xBF, 0xBD])  // U+FFFD
+                } else {
+                    literal.append(UInt8(ascii: "\\"))
+                    literal.append(byte)
+                }
+                start = position + 1
             }
+            literal.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start...]))
         }
         literal.append(UInt8(ascii: "\""))
     }
