@@ -80,49 +80,12 @@ struct UpgradeTests {
     /// stops calling itself ready, and goes on once the schema matches it again. Nothing waiting
     /// is lost meanwhile.
     @Test func aDaemonLeftRunningAfterANewerMigrateSaysSoAndResumesWhenItMatches() async throws {
-        try await RelayFixture.withMigratedDatabase { database in
-            let receiver = try await WebhookReceiver.start()
-            defer { Task { await receiver.stop() } }
-            try await RelayFixture.addSubscriber("crm", url: receiver.url, on: database)
-            let writer = ConsentWriter(database: database)
-            try await RelayFixture.withRelay(on: database) { running in
-                try await writer.set("before", "email", .granted)
-                try await receiver.waitForRequests(count: 1)
-
-                // What a next version's migration could do: another version row, and a column
-                // this binary's fan-out and claims name renamed (42703 for them).
-                let future = Migrations.latestVersion + 1
-                try await database.withConnection { connection in
-                    try await connection.execute(
-                        """
-                        INSERT INTO consent_sync.schema_migrations (version, name) VALUES (\(future), 'from a newer consent-sync');
-                        ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of TO replay_of_renamed;
-                        """
-                    )
-                }
-                try await writer.set("during", "email", .denied)
-                let expected = SchemaError.newerThanBinary(database: future, binary: Migrations.latestVersion).description
-                try await waitUntil("the relay reports the newer schema", timeout: .seconds(30)) {
-                    running.relay.health.snapshot.lastError == expected
-                }
-                let snapshot = running.relay.health.snapshot
-                #expect(!snapshot.databaseReady)
-                #expect(receiver.requests.count == 1)
-
-                try await database.withConnection { connection in
-                    try await connection.execute(
-                        """
-                        DELETE FROM consent_sync.schema_migrations WHERE version = \(future);
-                        ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of_renamed TO replay_of;
-                        """
-                    )
-                }
-                let requests = try await receiver.waitForRequests(count: 2, timeout: .seconds(60))
-                let subjects = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any])["subject"] as? String }
-                #expect(subjects == ["before", "during"])
-                try await waitUntil("the relay is ready again") { running.relay.health.snapshot.databaseReady }
-            }
-        }
+        // What a next version's migration could do: another version row, and a column this
+        // binary's fan-out and claims name renamed (42703 for them).
+        try await expectADaemonLeftRunningToStopAndResume(
+            newer: "ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of TO replay_of_renamed",
+            undo: "ALTER TABLE consent_sync.deliveries RENAME COLUMN replay_of_renamed TO replay_of"
+        )
     }
 
     /// The same with a migration that breaks none of the daemon's statements (schema 11 only
@@ -130,6 +93,15 @@ struct UpgradeTests {
     /// The janitor finds the newer version itself: the daemon stops delivering and says why
     /// until the schema matches it again.
     @Test func aDaemonLeftRunningAfterANewerMigrateThatBreaksNoStatementStopsUntilItMatches() async throws {
+        try await expectADaemonLeftRunningToStopAndResume(newer: nil, undo: nil)
+    }
+
+    /// Runs a relay that has delivered one change, then records a schema version newer than
+    /// this binary's (and runs `newer`, what that version's migration changed): the relay must
+    /// report the newer schema, stop calling itself ready and send nothing captured meanwhile.
+    /// Then the version row goes (and `undo` runs): the change captured meanwhile must arrive,
+    /// after the first, and the relay be ready again.
+    private func expectADaemonLeftRunningToStopAndResume(newer: String?, undo: String?) async throws {
         try await RelayFixture.withMigratedDatabase { database in
             let receiver = try await WebhookReceiver.start()
             defer { Task { await receiver.stop() } }
@@ -144,6 +116,7 @@ struct UpgradeTests {
                     try await connection.execute(
                         "INSERT INTO consent_sync.schema_migrations (version, name) VALUES (\(future), 'from a newer consent-sync')"
                     )
+                    if let newer { try await connection.execute(newer) }
                 }
                 let expected = SchemaError.newerThanBinary(database: future, binary: Migrations.latestVersion).description
                 try await waitUntil("the relay reports the newer schema", timeout: .seconds(30)) {
@@ -157,6 +130,7 @@ struct UpgradeTests {
 
                 try await database.withConnection { connection in
                     try await connection.execute("DELETE FROM consent_sync.schema_migrations WHERE version = \(future)")
+                    if let undo { try await connection.execute(undo) }
                 }
                 let requests = try await receiver.waitForRequests(count: 2, timeout: .seconds(60))
                 let subjects = try requests.map { try #require(try JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any])["subject"] as? String }
